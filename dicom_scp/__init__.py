@@ -1,0 +1,1 @@
+"""The DIMSE service: a thin pynetdicom adapter over the archive's services."""

@@ -1,0 +1,108 @@
+"""Running the DIMSE service: the AE, its server socket, start and stop.
+
+Several processes can share one port (``PACS_DICOM_WORKERS``): each binds with SO_REUSEPORT
+and the kernel spreads incoming associations over them; they share the index and storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_scp import handlers
+from dicom_scp.conformance import supported_contexts
+from pacs.config import Settings
+from pacs.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class PacsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with SO_REUSEPORT and TCP_NODELAY."""
+
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+def make_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts()
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = 30
+    if settings.require_known_aes:
+        ae.require_calling_aet = [remote.ae_title for remote in settings.remote_aes]
+    return ae
+
+
+def _handlers(services: Services) -> list[Any]:
+    return [
+        (evt.EVT_CONN_OPEN, handlers.handle_conn_open),
+        (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_C_STORE, handlers.handle_store, [services]),
+        (evt.EVT_C_FIND, handlers.handle_find, [services]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [services]),
+        (evt.EVT_C_GET, handlers.handle_get, [services]),
+        (evt.EVT_REJECTED, _log_rejected),
+    ]
+
+
+def _log_rejected(event: Any) -> None:
+    log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title,
+                event.assoc.requestor.address)
+
+
+class DicomService:
+    """The DIMSE service of one process."""
+
+    def __init__(self, services: Services, *, reuse_port: bool = False) -> None:
+        self.services = services
+        self.ae = make_ae(services.settings)
+        settings = services.settings
+        server_class = type("Server", (PacsAssociationServer,), {"reuse_port": reuse_port})
+        self.server = self.ae.make_server(
+            (settings.dicom_host, settings.dicom_port),
+            evt_handlers=_handlers(services),
+            server_class=server_class,
+        )
+        self.ae._servers.append(self.server)  # as AE.start_server does, so shutdown() works
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="dicom-server",
+                                        daemon=True)
+        self._thread.start()
+        log.info("DICOM service %s listening on %s:%d", self.services.settings.ae_title,
+                 self.services.settings.dicom_host, self.port)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let associations in flight finish, abort those that do not."""
+        self.server.shutdown()
+        for assoc in list(self.server.active_associations):
+            assoc.join(timeout)
+        for assoc in list(self.server.active_associations):
+            log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
+            assoc.abort()
+        self.server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)

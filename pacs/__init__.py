@@ -1,0 +1,1 @@
+"""Mini-PACS: the product (ingest, query, retrieve, render) behind the protocol adapters."""

@@ -1,0 +1,1 @@
+"""DICOM knowledge of the archive (pydicom): UIDs, headers, names, file meta."""

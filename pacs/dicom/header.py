@@ -1,0 +1,242 @@
+"""Header parsing for ingest: one ``dcmread(stop_before_pixels=True)`` and nothing else.
+
+:func:`parse_header` turns the bytes of a DICOM Part 10 file (PS3.10 7.1) into an
+:class:`InstanceHeader`: the attributes the index needs plus where the pixel data sits, so a
+frame can later be a ranged read. :func:`part10_bytes` wraps a dataset received over DIMSE
+with a File Meta Information header without touching the dataset bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, PYDICOM_IMPLEMENTATION_UID
+
+from pacs.dicom.names import fold
+from pacs.dicom.uids import clean_uid, is_valid_uid
+from pacs.errors import InvalidInput
+
+IMPLEMENTATION_VERSION = "MINIPACS_010"
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+_PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
+_SEQ_DELIM_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the index keeps about one instance, read from its header."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_id: str
+    study_description: str
+    referring_physician_name: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    series_date: str
+    series_time: str
+    body_part_examined: str
+    instance_number: int | None
+    content_date: str
+    content_time: str
+    rows: int | None
+    columns: int | None
+    number_of_frames: int
+    bits_allocated: int | None
+    photometric_interpretation: str
+    pixel_data_offset: int | None
+    pixel_data_length: int | None
+    specific_character_set: str
+
+    @property
+    def patient_name_folded(self) -> str:
+        return fold(self.patient_name)
+
+    @property
+    def referring_physician_folded(self) -> str:
+        return fold(self.referring_physician_name)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pixel_location(raw: bytes, pos: int, little: bool, implicit: bool) -> tuple[int | None, int | None]:
+    """Offset and length of the Pixel Data value starting at ``pos`` (None, None when absent).
+
+    A length of None means encapsulated (undefined length). Raises InvalidInput when the
+    pixel data is truncated.
+    """
+    tag = raw[pos:pos + 4]
+    if tag != (_PIXEL_TAG_LE if little else _PIXEL_TAG_BE):
+        return None, None
+    endian = "<" if little else ">"
+    if not implicit and not raw[pos + 4:pos + 6].isalpha():
+        implicit = True  # mislabelled files: the element is in fact implicit VR
+    if implicit:
+        (length,) = struct.unpack(endian + "I", raw[pos + 4:pos + 8])
+        value_offset = pos + 8
+    else:
+        (length,) = struct.unpack(endian + "I", raw[pos + 8:pos + 12])
+        value_offset = pos + 12
+    if length == _UNDEFINED:
+        if _SEQ_DELIM_LE not in raw[-4096:]:
+            raise InvalidInput("truncated data: encapsulated Pixel Data has no sequence delimiter")
+        return value_offset, None
+    if value_offset + length > len(raw):
+        raise InvalidInput(
+            f"truncated data: Pixel Data needs {length} bytes, {len(raw) - value_offset} present"
+        )
+    return value_offset, length
+
+
+def parse_header(raw: bytes) -> tuple[InstanceHeader, Dataset]:
+    """Parse a Part 10 file's header. Raises :class:`InvalidInput` on anything unusable."""
+    fp = io.BytesIO(raw)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        pos = fp.tell()
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
+            struct.error, NotImplementedError, OverflowError, AttributeError) as exc:
+        raise InvalidInput(f"unreadable DICOM data: {exc}") from None
+    meta = getattr(ds, "file_meta", None)
+    ts = clean_uid(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not is_valid_uid(ts):
+        raise InvalidInput("missing or invalid Transfer Syntax UID in the file meta")
+    try:
+        uids = {kw: clean_uid(ds.get(kw, "")) for kw in
+                ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
+        for keyword, value in uids.items():
+            if not value:
+                raise InvalidInput(f"missing {keyword}")
+            if not is_valid_uid(value):
+                raise InvalidInput(f"invalid {keyword}: {value[:80]!r}")
+        tsuid = UID(ts)
+        if tsuid.is_deflated or not tsuid.is_transfer_syntax:
+            offset, length = None, None
+        else:
+            implicit, little = ds.original_encoding
+            offset, length = _pixel_location(
+                raw, pos,
+                tsuid.is_little_endian if little is None else little,
+                tsuid.is_implicit_VR if implicit is None else implicit,
+            )
+        header = _build_header(ds, uids, ts, offset, length)
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure of a header value
+        raise InvalidInput(f"unreadable DICOM header value: {exc}") from None
+    return header, ds
+
+
+def _build_header(ds: Dataset, uids: dict[str, str], ts: str,
+                  offset: int | None, length: int | None) -> InstanceHeader:
+    frames = _int(ds, "NumberOfFrames")
+    charset = ds.get("SpecificCharacterSet", "")
+    if isinstance(charset, pydicom.multival.MultiValue):
+        charset = "\\".join(str(c) for c in charset)
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=ts,
+        patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_id=_text(ds, "StudyID"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_date=_text(ds, "SeriesDate"),
+        series_time=_text(ds, "SeriesTime"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        instance_number=_int(ds, "InstanceNumber"),
+        content_date=_text(ds, "ContentDate"),
+        content_time=_text(ds, "ContentTime"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        number_of_frames=frames if frames and frames > 0 else 1,
+        bits_allocated=_int(ds, "BitsAllocated"),
+        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+        pixel_data_offset=offset,
+        pixel_data_length=length,
+        specific_character_set=str(charset),
+    )
+
+
+def part10_bytes(dataset: bytes, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax_uid: str, source_ae: str = "") -> bytes:
+    """A Part 10 file: preamble, ``DICM``, File Meta Information, then ``dataset`` unchanged."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
+    buf.write(dataset)
+    return buf.getvalue()
+
+
+def dataset_offset(raw: bytes) -> int:
+    """Offset of the dataset after the preamble and File Meta Information of a Part 10 file."""
+    if raw[128:132] != b"DICM":
+        raise InvalidInput("not a DICOM Part 10 file (no DICM prefix)")
+    # (0002,0000) File Meta Information Group Length, explicit VR little endian, UL
+    if raw[132:136] != b"\x02\x00\x00\x00" or raw[136:138] != b"UL":
+        raise InvalidInput("File Meta Information has no group length")
+    (group_length,) = struct.unpack("<I", raw[140:144])
+    return 144 + group_length
+
+
+def header_value(ds: Dataset, keyword: str) -> Any:
+    """Value of ``keyword`` in ``ds`` or None."""
+    return ds.get(keyword)

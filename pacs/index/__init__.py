@@ -1,0 +1,1 @@
+"""The SQL index (SQLAlchemy 2): patients, studies, series, instances, and their matching."""

@@ -1,0 +1,112 @@
+"""Engine creation and schema versioning (Alembic migrations in ``pacs/index/migrations``).
+
+One engine per process. SQLite runs in WAL mode with a busy timeout, and write transactions
+start with ``BEGIN IMMEDIATE`` so several archive processes sharing one file serialise their
+writes instead of failing on lock upgrades.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+
+from pacs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+WRITE_OPTION = "pacs_write"
+
+
+def make_engine(url: str) -> Engine:
+    """The process's engine for ``url`` (SQLite file, created with its folder, or PostgreSQL)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"PACS_DATABASE_URL is not a valid SQLAlchemy URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                               pool_size=20, max_overflow=20)
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                             connect_args={"connect_timeout": 5})
+    raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or "
+                      "postgresql+psycopg")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA case_sensitive_like=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def writer(engine: Engine) -> Engine:
+    """The engine to open write transactions with (``BEGIN IMMEDIATE`` on SQLite)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def _alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(_alembic_config(create_engine("sqlite://")))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (``pacs db upgrade``)."""
+    command.upgrade(_alembic_config(engine), revision)
+
+
+def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> None:
+    """Create the schema on an empty database; check it is current otherwise.
+
+    A database behind the code is upgraded when ``auto_upgrade`` (the embedded default) and
+    refused with a clear message otherwise (run ``pacs db upgrade``).
+    """
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    fresh = current is None and not inspect(engine).get_table_names()
+    if fresh or auto_upgrade:
+        log.info("database schema %s -> %s", current or "(empty)", head)
+        upgrade(engine)
+        return
+    raise ConfigError(
+        f"the index schema is at revision {current or '(none)'} but this version needs {head}: "
+        "run `pacs db upgrade` (back up the database first)"
+    )

@@ -1,0 +1,168 @@
+"""The one ingest path, shared by C-STORE, STOW-RS and ``pacs import``.
+
+Order (as Orthanc does, see STYLE.md): validate the header -> write the bytes exactly as
+received under a fresh opaque key (durable on return) -> index in one transaction -> on any
+failure remove the bytes -> only then report success -> notify listeners, whose errors never
+fail a store.
+
+Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
+idempotent success (``ALREADY_STORED``, nothing written); with different bytes it is refused
+(:class:`DuplicateConflict`) under the default policy ``reject``, or replaces the stored
+object under ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+import storage
+from pacs.context import Caller
+from pacs.dicom.header import InstanceHeader, parse_header
+from pacs.errors import DuplicateConflict, InvalidInput, StorageFull, StorageUnavailable
+from pacs.index import writer
+from pacs.index.db import writer as write_engine
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already stored"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: StoreStatus
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+
+
+Listener = Callable[[StoreOutcome, InstanceHeader], None]
+
+
+def new_storage_key() -> str:
+    """A fresh opaque key, fanned out in two folder levels: ``ab/cd/abcd…ef.dcm``."""
+    name = uuid.uuid4().hex
+    return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+
+
+@dataclass
+class IngestService:
+    """Validate, store and index DICOM objects."""
+
+    engine: Engine
+    store: storage.ObjectStore
+    duplicate_policy: str = "reject"
+    max_object_size: int = 4 * 1024**3
+    listeners: list[Listener] = field(default_factory=list)
+
+    def store_instance(self, caller: Caller, part10: bytes,
+                       expected_sop_instance_uid: str | None = None,
+                       expected_sop_class_uid: str | None = None,
+                       expected_study_uid: str | None = None) -> StoreOutcome:
+        """Store one Part 10 object. Raises a domain error; never leaves half a store behind."""
+        if len(part10) > self.max_object_size:
+            raise InvalidInput(f"object of {len(part10)} bytes exceeds the limit of "
+                               f"{self.max_object_size} bytes")
+        header, _ = parse_header(part10)
+        self._check_expected(header, expected_sop_instance_uid, expected_sop_class_uid,
+                             expected_study_uid)
+        digest = hashlib.sha256(part10).hexdigest()
+        existing = self._lookup(header.sop_instance_uid)
+        if existing is not None:
+            return self._duplicate(caller, header, part10, digest, existing)
+        key = new_storage_key()
+        self._put(key, part10)
+        obj = writer.NewObject(key, len(part10), digest, caller.name if caller.kind == "dicom" else "")
+        try:
+            raced = writer.insert_instance(write_engine(self.engine), header, obj)
+        except SQLAlchemyError as exc:
+            self._discard(key)
+            log.error("index unavailable storing %s: %s", header.sop_instance_uid, exc)
+            raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+        except BaseException:
+            self._discard(key)
+            raise
+        if raced is not None:  # another process stored it between our lookup and insert
+            self._discard(key)
+            return self._duplicate(caller, header, part10, digest, raced)
+        return self._done(caller, header, StoreStatus.STORED)
+
+    def _check_expected(self, h: InstanceHeader, sop_instance: str | None,
+                        sop_class: str | None, study: str | None) -> None:
+        if sop_instance and sop_instance != h.sop_instance_uid:
+            raise InvalidInput(f"SOP Instance UID {h.sop_instance_uid} in the data set differs "
+                               f"from the request's {sop_instance}")
+        if sop_class and sop_class != h.sop_class_uid:
+            raise InvalidInput(f"SOP Class UID {h.sop_class_uid} in the data set differs "
+                               f"from the request's {sop_class}")
+        if study and study != h.study_uid:
+            raise InvalidInput(f"Study Instance UID {h.study_uid} differs from the target "
+                               f"study {study}")
+
+    def _lookup(self, sop_instance_uid: str) -> writer.StoredRow | None:
+        try:
+            with self.engine.connect() as conn:
+                return writer.find_instance(conn, sop_instance_uid)
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+
+    def _duplicate(self, caller: Caller, header: InstanceHeader, part10: bytes, digest: str,
+                   existing: writer.StoredRow) -> StoreOutcome:
+        if existing.sha256 == digest:
+            return self._done(caller, header, StoreStatus.ALREADY_STORED)
+        if self.duplicate_policy != "overwrite":
+            log.warning("refused %s from %s: SOP Instance UID already stored with other content",
+                        header.sop_instance_uid, caller)
+            raise DuplicateConflict(
+                f"SOP Instance UID {header.sop_instance_uid} is already stored with different "
+                "content (duplicate policy: reject)")
+        key = new_storage_key()
+        self._put(key, part10)
+        obj = writer.NewObject(key, len(part10), digest, caller.name if caller.kind == "dicom" else "")
+        try:
+            writer.replace_instance(write_engine(self.engine), header, obj, existing)
+        except SQLAlchemyError as exc:
+            self._discard(key)
+            raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+        self._discard(existing.storage_key)
+        return self._done(caller, header, StoreStatus.REPLACED)
+
+    def _put(self, key: str, data: bytes) -> None:
+        try:
+            self.store.put(key, data)
+        except storage.StorageFull as exc:
+            raise StorageFull(str(exc)) from exc
+        except storage.StorageError as exc:
+            log.error("storage unavailable writing %s: %s", key, exc)
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except storage.StorageError as exc:  # an orphan for `pacs verify` to find
+            log.warning("could not remove object %s after a failed store: %s", key, exc)
+
+    def _done(self, caller: Caller, header: InstanceHeader, status: StoreStatus) -> StoreOutcome:
+        outcome = StoreOutcome(status, header.sop_class_uid, header.sop_instance_uid,
+                               header.study_uid, header.series_uid, header.transfer_syntax_uid)
+        log.info("%s %s (study %s) from %s", status.value, header.sop_instance_uid,
+                 header.study_uid, caller)
+        for listener in self.listeners:
+            try:
+                listener(outcome, header)
+            except Exception:  # noqa: BLE001 - a listener never fails a store
+                log.exception("store listener failed for %s", header.sop_instance_uid)
+        return outcome

@@ -1,0 +1,102 @@
+"""The one retrieve path behind C-MOVE, C-GET and (later) WADO.
+
+:meth:`RetrieveService.find_instances` resolves the unique keys of a retrieve request
+(PS3.4 C.4.2.1.4 / C.4.3.1.4: PatientID, StudyInstanceUID, SeriesInstanceUID and
+SOPInstanceUID, the UIDs possibly as lists) to stored instances; :meth:`read` returns the
+object exactly as it was received.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+import storage
+from pacs.context import Caller
+from pacs.errors import InvalidInput, NotFound, StorageUnavailable
+from pacs.index.attributes import Level
+from pacs.index.matching import condition
+from pacs.index.models import Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+_RETRIEVE_KEYS: tuple[tuple[str, Level, Any], ...] = (
+    ("PatientID", Level.PATIENT, Patient.patient_id),
+    ("StudyInstanceUID", Level.STUDY, Study.study_uid),
+    ("SeriesInstanceUID", Level.SERIES, Series.series_uid),
+    ("SOPInstanceUID", Level.IMAGE, Instance.sop_instance_uid),
+)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    pixel_data_offset: int | None
+    pixel_data_length: int | None
+    number_of_frames: int
+
+
+@dataclass
+class RetrieveService:
+    engine: Engine
+    store: storage.ObjectStore
+
+    def find_instances(self, caller: Caller, level: Level, keys: dict[str, str]) -> list[StoredInstance]:
+        """Instances selected by the unique keys at and above ``level``."""
+        stmt = (select(Instance.sop_class_uid, Instance.sop_instance_uid, Series.series_uid,
+                       Study.study_uid, Instance.transfer_syntax_uid, Instance.storage_key,
+                       Instance.size, Instance.pixel_data_offset, Instance.pixel_data_length,
+                       Instance.number_of_frames)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .join(Patient, Study.patient_pk == Patient.id))
+        constrained = False
+        for keyword, key_level, column in _RETRIEVE_KEYS:
+            value = (keys.get(keyword) or "").strip()
+            if key_level > level or not value:
+                continue
+            vr = "LO" if keyword == "PatientID" else "UI"
+            if vr == "LO" and ("*" in value or "?" in value):
+                raise InvalidInput("PatientID must not contain wildcards in a retrieve")
+            cond = condition(keyword, vr, column, value)
+            if cond is not None:
+                stmt = stmt.where(cond)
+                constrained = True
+        if not constrained:
+            raise InvalidInput(f"a {level.name} retrieve needs its unique key(s)")
+        stmt = stmt.order_by(Study.id, Series.series_number, Series.id,
+                             Instance.instance_number, Instance.id)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+        log.info("retrieve %s by %s: %d instance(s)", level.name, caller, len(rows))
+        return [StoredInstance(*row) for row in rows]
+
+    def instance(self, caller: Caller, sop_instance_uid: str) -> StoredInstance:
+        found = self.find_instances(caller, Level.IMAGE, {"SOPInstanceUID": sop_instance_uid})
+        if not found:
+            raise NotFound(f"instance {sop_instance_uid} not found")
+        return found[0]
+
+    def read(self, instance: StoredInstance) -> bytes:
+        """The object's Part 10 bytes, exactly as stored."""
+        try:
+            return self.store.get(instance.storage_key)
+        except storage.ObjectNotFound as exc:
+            log.error("object %s of %s is missing from storage", instance.storage_key,
+                      instance.sop_instance_uid)
+            raise NotFound(f"object of {instance.sop_instance_uid} missing from storage") from exc
+        except storage.StorageError as exc:
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc

@@ -1,0 +1,60 @@
+"""The composition root: everything the adapters need, built once from :class:`Settings`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+import storage
+from pacs.config import Settings
+from pacs.index.db import ensure_schema, make_engine
+from pacs.ingest import IngestService
+from pacs.query import QueryService
+from pacs.retrieve import RetrieveService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    store: storage.ObjectStore
+    ingest: IngestService
+    query: QueryService
+    retrieve: RetrieveService
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+
+def open_storage(settings: Settings) -> storage.ObjectStore:
+    s3 = None
+    if settings.storage_url.startswith("s3://"):
+        s3 = storage.S3Options(
+            endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key, region=settings.s3_region or None,
+            secure=settings.s3_secure)
+    return storage.open_store(settings.storage_url, s3)
+
+
+def build_services(settings: Settings, *, auto_upgrade: bool | None = None) -> Services:
+    """Engine, storage and services for ``settings``; the schema is created or checked."""
+    engine = make_engine(settings.database_url)
+    if auto_upgrade is None:
+        auto_upgrade = make_url(settings.database_url).get_backend_name() == "sqlite"
+    ensure_schema(engine, auto_upgrade=auto_upgrade)
+    store = open_storage(settings)
+    store.check()
+    return Services(
+        settings=settings,
+        engine=engine,
+        store=store,
+        ingest=IngestService(engine, store, settings.duplicate_policy, settings.max_object_size),
+        query=QueryService(engine),
+        retrieve=RetrieveService(engine, store),
+    )
