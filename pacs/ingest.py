@@ -158,7 +158,7 @@ class IngestService:
     def _done(self, caller: Caller, header: InstanceHeader, status: StoreStatus) -> StoreOutcome:
         outcome = StoreOutcome(status, header.sop_class_uid, header.sop_instance_uid,
                                header.study_uid, header.series_uid, header.transfer_syntax_uid)
-        log.info("%s %s (study %s) from %s", status.value, header.sop_instance_uid,
+        log.debug("%s %s (study %s) from %s", status.value, header.sop_instance_uid,
                  header.study_uid, caller)
         for listener in self.listeners:
             try:

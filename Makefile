@@ -1,0 +1,58 @@
+# mini-PACS: `make run` starts the archive on the embedded default, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+APT_PACKAGES := dcmtk postgresql
+
+.PHONY: run install test check bench docs system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check uv
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(UV) pip install --python $(BIN)/python -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(UV) pip install --python $(BIN)/python -q -e '.[test]'
+	touch $@ $(STAMP)
+
+install: $(STAMP)
+
+## run: set up and start the archive (SQLite + folder under ./pacs-data; demo data when empty)
+run: $(STAMP)
+	$(BIN)/pacs serve --demo-if-empty
+
+## system-deps: Debian packages the tests use (DCMTK peers, PostgreSQL), installed when root
+system-deps:
+	@missing=""; \
+	command -v /usr/bin/storescu >/dev/null || missing="$$missing dcmtk"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run: sudo apt-get install -y$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+## test: install what the tests need and run them
+test: $(TEST_STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+## check: lint
+check: $(TEST_STAMP)
+	$(BIN)/ruff check pacs dicom_scp storage viewer_api tests scripts
+
+## docs: regenerate docs/configuration.md and docs/conformance.md
+docs: $(STAMP)
+	$(BIN)/python -m scripts.gen_docs
+
+clean:
+	rm -rf $(VENV) .pytest_cache

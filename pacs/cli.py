@@ -1,0 +1,257 @@
+"""The ``pacs`` command: serve, import, demo, db. The entry point is the only place that
+reads settings from the environment."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pacs.config import Settings, load_settings
+from pacs.context import Caller
+from pacs.errors import ConfigError, PacsError
+
+app = typer.Typer(help="mini-PACS: a DICOM archive (DIMSE + DICOMweb) on SQL + object storage.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Index database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return settings
+
+
+def _services(settings: Settings):  # type: ignore[no-untyped-def]
+    from pacs.services import build_services
+
+    try:
+        return build_services(settings)
+    except (PacsError, Exception) as exc:  # noqa: BLE001 - show a clear message, not a trace
+        if isinstance(exc, PacsError) or type(exc).__module__.startswith(("storage", "sqlalchemy")):
+            console.print(f"[red]cannot open the archive:[/red] {exc}")
+            raise typer.Exit(1) from None
+        raise
+
+
+def _worker(settings: Settings) -> None:
+    """A DICOM service process sharing the port with its siblings (SO_REUSEPORT)."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    from dicom_scp.server import DicomService
+    from pacs.services import build_services
+
+    services = build_services(settings)
+    service = DicomService(services, reuse_port=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.start()
+    stop.wait()
+    service.stop()
+    services.close()
+
+
+@app.command()
+def serve(
+    dicom_port: Annotated[int | None, typer.Option(help="Override PACS_DICOM_PORT.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override PACS_DICOM_WORKERS.")] = None,
+    demo_if_empty: Annotated[bool, typer.Option(help="Load the demo studies into an empty archive.")] = False,
+) -> None:
+    """Start the archive's DICOM service; stop it with Ctrl-C or SIGTERM."""
+    settings = _settings(dicom_port=dicom_port, dicom_workers=workers)
+    services = _services(settings)
+    if demo_if_empty and _is_empty(services):
+        console.print("empty archive: loading the demo studies (pacs demo)")
+        _import_datasets(services, _demo_part10(2026, 6), "demo")
+    from dicom_scp.server import DicomService
+
+    reuse = settings.dicom_workers > 1
+    service = DicomService(services, reuse_port=reuse)
+    children: list[multiprocessing.process.BaseProcess] = []
+    if reuse:
+        from dataclasses import replace
+        child_settings = replace(settings, dicom_port=service.port)
+        ctx = multiprocessing.get_context("spawn")
+        for n in range(settings.dicom_workers - 1):
+            proc = ctx.Process(target=_worker, args=(child_settings,), name=f"dicom-{n + 2}")
+            proc.start()
+            children.append(proc)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service.start()
+    console.print(
+        f"[green]mini-PACS ready[/green]: DICOM AE [bold]{settings.ae_title}[/bold] on "
+        f"{settings.dicom_host}:{service.port} ({settings.dicom_workers} process(es)); "
+        f"index {_safe_url(settings.database_url)}; storage {services.store.url}")
+    sys.stderr.flush()
+    stop.wait()
+    console.print("stopping: finishing associations in flight")
+    for proc in children:
+        if proc.pid:
+            os.kill(proc.pid, signal.SIGTERM)
+    service.stop()
+    for proc in children:
+        proc.join(30)
+    services.close()
+    console.print("stopped")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _is_empty(services) -> bool:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from pacs.index.models import Instance
+
+    with services.engine.connect() as conn:
+        return int(conn.execute(select(func.count(Instance.id))).scalar_one()) == 0
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            out.append(path)
+        else:
+            console.print(f"[yellow]skipped (not found):[/yellow] {path}")
+    return out
+
+
+def _read_files(files: list[Path]) -> Iterator[tuple[str, bytes | Exception]]:
+    for path in files:
+        try:
+            yield str(path), path.read_bytes()
+        except OSError as exc:
+            yield str(path), exc
+
+
+def _import_datasets(services, items: Iterator[tuple[str, bytes | Exception]], label: str,  # type: ignore[no-untyped-def]
+                     total: int | None = None) -> Counter[str]:
+    caller = Caller.cli(label)
+    counts: Counter[str] = Counter()
+    rejected: list[tuple[str, str]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total)
+        for name, data in items:
+            if isinstance(data, Exception):
+                counts["rejected"] += 1
+                rejected.append((name, str(data)))
+            else:
+                try:
+                    outcome = services.ingest.store_instance(caller, data)
+                    counts[outcome.status.value] += 1
+                except PacsError as exc:
+                    counts["rejected"] += 1
+                    rejected.append((name, f"{type(exc).__name__}: {exc}"))
+            progress.advance(task)
+    console.print(f"{label}: stored {counts['stored']}, already stored {counts['already stored']}"
+                  f", replaced {counts['replaced']}, rejected {counts['rejected']}")
+    for name, reason in rejected[:50]:
+        console.print(f"  [yellow]rejected[/yellow] {name}: {reason}")
+    if len(rejected) > 50:
+        console.print(f"  … and {len(rejected) - 50} more")
+    return counts
+
+
+@app.command("import")
+def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders (recursive).")]) -> None:
+    """Import DICOM files through the same ingest path as C-STORE."""
+    settings = _settings()
+    services = _services(settings)
+    files = _files(paths)
+    counts = _import_datasets(services, _read_files(files), "import", total=len(files))
+    services.close()
+    if counts["rejected"] and not (counts["stored"] or counts["already stored"]):
+        raise typer.Exit(1)
+
+
+def _demo_part10(seed: int, studies: int) -> Iterator[tuple[str, bytes | Exception]]:
+    from io import BytesIO
+
+    from pacs.demo import generate_demo
+
+    for ds in generate_demo(seed=seed, studies=studies):
+        buf = BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        yield str(ds.SOPInstanceUID), buf.getvalue()
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same studies).")] = 2026,
+    studies: Annotated[int, typer.Option(help="Number of studies.")] = 6,
+    out: Annotated[Path | None, typer.Option(help="Write the files here instead of importing.")] = None,
+) -> None:
+    """Generate realistic synthetic CT, MR and CR studies (Vietnamese names, UTF-8)."""
+    if out is not None:
+        from pacs.demo import write_demo
+
+        paths = write_demo(out, seed=seed, studies=studies)
+        console.print(f"wrote {len(paths)} files under {out}")
+        return
+    settings = _settings()
+    services = _services(settings)
+    _import_datasets(services, _demo_part10(seed, studies), "demo")
+    services.close()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (back up the database first)."""
+    from pacs.index.db import current_revision, head_revision, make_engine, upgrade
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    console.print(f"schema: {before or '(empty)'} -> {head_revision()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and the one this version needs."""
+    from pacs.index.db import current_revision, head_revision, make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    typer.echo(f"database: {current_revision(engine) or '(empty)'}; code: {head_revision()}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

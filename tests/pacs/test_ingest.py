@@ -1,0 +1,207 @@
+"""The ingest path on both backend pairs: store, idempotence, duplicates, bad input, faults."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from io import BytesIO
+
+import pydicom
+import pytest
+from sqlalchemy import func, select, text
+
+from pacs.context import Caller
+from pacs.errors import DuplicateConflict, InvalidInput, StorageUnavailable
+from pacs.index.models import Instance, Patient, Series, Study
+from pacs.ingest import StoreStatus
+from pacs.services import Services, build_services
+from tests.conftest import testdata
+
+CLI = Caller.cli("test")
+
+
+def _count(services: Services, model: type) -> int:
+    with services.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def _objects(services: Services) -> list[str]:
+    return list(services.store.keys())
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_store_then_read_back_identical(services: Services) -> None:
+    raw = testdata("CT_small.dcm").read_bytes()
+    outcome = services.ingest.store_instance(CLI, raw)
+    assert outcome.status is StoreStatus.STORED
+    stored = services.retrieve.instance(CLI, outcome.sop_instance_uid)
+    assert services.retrieve.read(stored) == raw
+    assert stored.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert stored.pixel_data_offset is not None
+    assert raw[stored.pixel_data_offset - 12:stored.pixel_data_offset - 8] == b"\xe0\x7f\x10\x00"
+    assert [_count(services, m) for m in (Patient, Study, Series, Instance)] == [1, 1, 1, 1]
+
+
+def test_resend_is_idempotent(services: Services) -> None:
+    raw = testdata("MR_small.dcm").read_bytes()
+    first = services.ingest.store_instance(CLI, raw)
+    second = services.ingest.store_instance(CLI, raw)
+    assert (first.status, second.status) == (StoreStatus.STORED, StoreStatus.ALREADY_STORED)
+    assert _count(services, Instance) == 1
+    assert len(_objects(services)) == 1
+
+
+def test_same_uid_other_content_rejected_by_default(services: Services) -> None:
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    services.ingest.store_instance(CLI, _bytes(ds))
+    ds.StudyDescription = "changed"
+    with pytest.raises(DuplicateConflict):
+        services.ingest.store_instance(CLI, _bytes(ds))
+    stored = services.retrieve.instance(CLI, ds.SOPInstanceUID)
+    assert b"changed" not in services.retrieve.read(stored)
+    assert len(_objects(services)) == 1
+
+
+def test_same_uid_other_content_replaced_with_overwrite_policy(services: Services) -> None:
+    services.ingest.duplicate_policy = "overwrite"
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    services.ingest.store_instance(CLI, _bytes(ds))
+    ds.StudyDescription = "changed"
+    outcome = services.ingest.store_instance(CLI, _bytes(ds))
+    assert outcome.status is StoreStatus.REPLACED
+    stored = services.retrieve.instance(CLI, ds.SOPInstanceUID)
+    assert b"changed" in services.retrieve.read(stored)
+    assert len(_objects(services)) == 1
+    with services.engine.connect() as conn:
+        assert conn.execute(select(Study.num_instances)).scalar_one() == 1
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ds: setattr(ds, "SOPInstanceUID", "../../etc/passwd"), "invalid SOPInstanceUID"),
+    (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.abc"), "invalid StudyInstanceUID"),
+    (lambda ds: delattr(ds, "SeriesInstanceUID"), "missing SeriesInstanceUID"),
+    (lambda ds: setattr(ds, "SOPInstanceUID", "1." + "2" * 70), "invalid SOPInstanceUID"),
+])
+def test_bad_uids_rejected(services: Services, mutate: object, message: str) -> None:
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    mutate(ds)  # type: ignore[operator]
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    with pytest.raises(InvalidInput, match=message):
+        services.ingest.store_instance(CLI, _bytes(ds))
+    assert _count(services, Instance) == 0
+    assert _objects(services) == []
+
+
+@pytest.mark.parametrize("payload", [
+    b"",
+    b"garbage" * 100,
+    b"\x00" * 128 + b"DICM" + b"\xff" * 300,
+])
+def test_garbage_rejected(services: Services, payload: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        services.ingest.store_instance(CLI, payload)
+    assert _objects(services) == []
+
+
+def test_truncated_pixel_data_rejected(services: Services) -> None:
+    with pytest.raises(InvalidInput, match="truncated"):
+        services.ingest.store_instance(CLI, testdata("MR_truncated.dcm").read_bytes())
+    raw = testdata("CT_small.dcm").read_bytes()
+    with pytest.raises(InvalidInput):
+        services.ingest.store_instance(CLI, raw[: len(raw) // 2])
+    assert _count(services, Instance) == 0
+    assert _objects(services) == []
+
+
+def test_object_too_large_rejected(services: Services) -> None:
+    services.ingest.max_object_size = 1000
+    with pytest.raises(InvalidInput, match="exceeds"):
+        services.ingest.store_instance(CLI, testdata("CT_small.dcm").read_bytes())
+
+
+def test_index_failure_removes_the_bytes(services: Services) -> None:
+    """An index that fails mid-transaction leaves no object behind and no Success."""
+    with services.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE broken_marker (id INTEGER)"))
+        conn.execute(text("DROP TABLE broken_marker"))
+        conn.execute(text("ALTER TABLE series RENAME TO series_gone"))
+    with pytest.raises(StorageUnavailable):
+        services.ingest.store_instance(CLI, testdata("CT_small.dcm").read_bytes())
+    assert _objects(services) == []
+
+
+def test_storage_failure_indexes_nothing(settings: object) -> None:
+    from pacs.config import Settings
+
+    assert isinstance(settings, Settings)
+    if not settings.storage_url.startswith("file://"):
+        pytest.skip("folder-specific fault (S3 faults: tests/e2e/test_faults.py)")
+    services = build_services(settings)
+    try:
+        root = settings.storage_url.removeprefix("file://")
+        shutil.rmtree(root)
+        with open(root, "w") as fh:  # a file where the folder should be: every write fails
+            fh.write("not a folder")
+        with pytest.raises(StorageUnavailable):
+            services.ingest.store_instance(CLI, testdata("CT_small.dcm").read_bytes())
+        assert _count(services, Instance) == 0
+    finally:
+        services.close()
+
+
+def test_concurrent_stores_of_one_instance(services: Services) -> None:
+    raw = testdata("CT_small.dcm").read_bytes()
+    results: list[StoreStatus] = []
+
+    def send() -> None:
+        results.append(services.ingest.store_instance(CLI, raw).status)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.value for r in results) == ["already stored"] * 5 + ["stored"]
+    assert _count(services, Instance) == 1
+    assert len(_objects(services)) == 1
+
+
+def test_counters_follow_hierarchy(services: Services) -> None:
+    from pacs.demo import CT_DEMO, generate_study
+    import numpy as np
+
+    datasets = generate_study(np.random.default_rng(7), CT_DEMO)
+    for ds in datasets:
+        services.ingest.store_instance(CLI, _bytes(ds))
+    with services.engine.connect() as conn:
+        study = conn.execute(select(Study.num_series, Study.num_instances)).one()
+    assert tuple(study) == (CT_DEMO.series_count, len(datasets))
+    assert _count(services, Patient) == 1
+
+
+def test_listener_errors_never_fail_a_store(services: Services) -> None:
+    seen: list[str] = []
+
+    def broken(outcome: object, header: object) -> None:
+        seen.append("called")
+        raise RuntimeError("thumbnail service down")
+
+    services.ingest.listeners.append(broken)
+    outcome = services.ingest.store_instance(CLI, testdata("CT_small.dcm").read_bytes())
+    assert outcome.status is StoreStatus.STORED and seen == ["called"]
+
+
+def test_every_bundled_transfer_syntax_indexed(services: Services) -> None:
+    names = ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm",
+             "SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "SC_rgb_rle.dcm", "rtplan.dcm"]
+    for name in names:
+        raw = testdata(name).read_bytes()
+        outcome = services.ingest.store_instance(CLI, raw)
+        stored = services.retrieve.instance(CLI, outcome.sop_instance_uid)
+        assert services.retrieve.read(stored) == raw, name
+    assert _count(services, Instance) == len(names)
