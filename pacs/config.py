@@ -63,8 +63,9 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
     Setting("PACS_REQUIRE_KNOWN_AES", "false",
             "Accept associations only from calling AE titles listed in PACS_REMOTE_AES."),
     Setting("PACS_DUPLICATE_POLICY", "reject",
-            "Same SOP Instance UID with different content: `reject` (keep the first, answer "
-            "failure 0xA900... see docs/adr/0002-duplicates.md) or `overwrite` (replace it)."),
+            "Same SOP Instance UID with different content: `reject` (keep the first copy, "
+            "answer C-STORE failure 0xC0D1) or `overwrite` (replace it). Identical resends "
+            "always succeed. See docs/adr/0002-duplicates.md."),
     Setting("PACS_DICOM_WORKERS", "1",
             "Number of DICOM service processes sharing the port (SO_REUSEPORT)."),
     Setting("PACS_MAX_PDU", "131072", "Maximum PDU size we receive (bytes; 0: unlimited)."),

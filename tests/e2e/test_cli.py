@@ -1,0 +1,167 @@
+"""The ``pacs`` command as a user runs it: serve (and stop on a signal), import, demo, db."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from tests.conftest import testdata
+from tests.infra import free_port
+
+PACS = str(Path(sys.executable).parent / "pacs")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_HOST="127.0.0.1",
+               PACS_LOG_LEVEL="WARNING", **extra)
+    return env
+
+
+class Server:
+    def __init__(self, tmp_path: Path, **extra: str) -> None:
+        self.port = free_port()
+        self.log = tmp_path / f"serve-{self.port}.log"
+        self.env = _env(tmp_path, PACS_DICOM_PORT=str(self.port), **extra)
+        self.proc = subprocess.Popen([PACS, "serve"], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "wb"))
+        deadline = time.monotonic() + 60
+        while "ready" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"pacs serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(60)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+def _scu() -> AE:
+    ae = AE("TESTSCU")
+    for cx in (Verification, CTImageStorage, MRImageStorage,
+               StudyRootQueryRetrieveInformationModelFind):
+        ae.add_requested_context(cx)
+    return ae
+
+
+def _study_uids(port: int) -> list[str]:
+    assoc = _scu().associate("127.0.0.1", port)
+    assert assoc.is_established
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    found = [str(ident.StudyInstanceUID) for status, ident in
+             assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+             if status and status.Status == 0xFF00]
+    assoc.release()
+    return found
+
+
+def test_serve_stores_stops_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
+    srv = Server(tmp_path)
+    assoc = _scu().associate("127.0.0.1", srv.port)
+    assert assoc.send_c_echo().Status == 0
+    assert assoc.send_c_store(pydicom.dcmread(testdata("CT_small.dcm"))).Status == 0
+    assoc.release()
+    assert srv.stop(signal.SIGTERM) == 0
+    assert "stopped" in srv.log.read_text()
+    again = Server(tmp_path)
+    try:
+        assert _study_uids(again.port) == [pydicom.dcmread(testdata("CT_small.dcm")).StudyInstanceUID]
+    finally:
+        assert again.stop(signal.SIGINT) == 0
+
+
+def test_serve_with_two_worker_processes(tmp_path: Path) -> None:
+    from pacs.demo import CT_DEMO, generate_study
+    import numpy as np
+
+    srv = Server(tmp_path, PACS_DICOM_WORKERS="2")
+    try:
+        datasets = generate_study(np.random.default_rng(3), CT_DEMO)
+        for start in range(0, len(datasets), 10):  # several associations, spread by the kernel
+            assoc = _scu().associate("127.0.0.1", srv.port)
+            for ds in datasets[start:start + 10]:
+                assert assoc.send_c_store(ds).Status == 0
+            assoc.release()
+        assert _study_uids(srv.port) == [datasets[0].StudyInstanceUID]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_import_reports_stored_duplicates_and_rejects(tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "nested"
+    folder.mkdir(parents=True)
+    (folder / "ct.dcm").write_bytes(testdata("CT_small.dcm").read_bytes())
+    (folder / "ct-copy.dcm").write_bytes(testdata("CT_small.dcm").read_bytes())
+    (folder / "truncated.dcm").write_bytes(testdata("MR_truncated.dcm").read_bytes())
+    (folder / "notes.txt").write_text("not dicom")
+    result = subprocess.run([PACS, "import", str(tmp_path / "in")], env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "stored 1, already stored 1, replaced 0, rejected 2" in result.stderr
+    assert "truncated" in result.stderr
+
+
+def test_demo_loads_vietnamese_studies(tmp_path: Path) -> None:
+    result = subprocess.run([PACS, "demo", "--studies", "3"], env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rejected 0" in result.stderr
+    from pacs.config import Settings
+    from pacs.query import QueryRequest
+    from pacs.index.attributes import Level
+    from pacs.context import Caller
+    from pacs.services import build_services
+
+    services = build_services(Settings(data_dir=tmp_path / "data"))
+    try:
+        names = {m["PatientName"] for m in services.query.search(
+            Caller.cli(), QueryRequest(Level.STUDY, {}, ["PatientName"]))}
+    finally:
+        services.close()
+    assert len(names) >= 2 and any(not n.isascii() for n in names)
+
+
+def test_bad_setting_gives_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run([PACS, "serve"], env=_env(tmp_path, PACS_DICOM_PORT="eleven"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "PACS_DICOM_PORT" in result.stderr
+    result = subprocess.run([PACS, "serve"], env=_env(tmp_path, PACS_REMOTE_AES="nohost"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "AET@host:port" in result.stderr
+
+
+def test_db_commands(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    (tmp_path / "data").mkdir()
+    up = subprocess.run([PACS, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    current = subprocess.run([PACS, "db", "current"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    database, code = current.stdout.strip().split(";")
+    assert database.split(":")[1].strip() == code.split(":")[1].strip()
