@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-APT_PACKAGES := dcmtk postgresql
 
 .PHONY: run install test check bench docs system-deps clean
 
@@ -28,11 +27,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/pacs serve --demo-if-empty
 
-## system-deps: Debian packages the tests use (DCMTK peers, PostgreSQL), installed when root
+## system-deps: Debian packages the tests use (DCMTK peers, PostgreSQL, docker-compose to
+## validate docker-compose.yml), installed when root
 system-deps:
 	@missing=""; \
 	command -v /usr/bin/storescu >/dev/null || missing="$$missing dcmtk"; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql postgresql-contrib"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
