@@ -227,6 +227,71 @@ def demo(
     services.close()
 
 
+def _progress_bar(label: str, total: int) -> tuple[Progress, object]:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console)
+    return progress, progress.add_task(label, total=total)
+
+
+@app.command()
+def verify(
+    hashes: Annotated[bool, typer.Option(help="Re-hash every object (slower, finds corruption).")] = True,
+    repair: Annotated[bool, typer.Option(help="Remove orphan objects (never-acknowledged bytes).")] = False,
+) -> None:
+    """Cross-check index and storage: missing objects, hash mismatches, orphans."""
+    from pacs.verify import count_instances
+    from pacs.verify import verify as run_verify
+
+    settings = _settings()
+    services = _services(settings)
+    progress, task = _progress_bar("verify", count_instances(services.engine))
+    with progress:
+        report = run_verify(services.engine, services.store, hashes=hashes, repair=repair,
+                            progress=lambda n: progress.advance(task, n))  # type: ignore[arg-type]
+    services.close()
+    console.print(f"checked {report.checked} instance(s): {len(report.missing)} missing, "
+                  f"{len(report.corrupt)} corrupt, {len(report.orphans)} orphan object(s)"
+                  + (f", {len(report.removed_orphans)} removed" if repair else ""))
+    for uid, key in report.missing[:100]:
+        console.print(f"  [red]missing[/red] {uid} (object {key})")
+    for uid, key in report.corrupt[:100]:
+        console.print(f"  [red]corrupt[/red] {uid} (object {key})")
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+@app.command("migrate-storage")
+def migrate_storage(
+    target_url: Annotated[str, typer.Argument(help="Destination: file:///path or s3://bucket.")],
+) -> None:
+    """Copy every object to another storage backend (then point PACS_STORAGE_URL at it).
+
+    For s3:// targets the PACS_S3_* settings apply."""
+    from dataclasses import replace
+
+    from pacs.services import open_storage
+    from pacs.verify import count_instances
+    from pacs.verify import migrate_storage as run_migrate
+
+    settings = _settings()
+    services = _services(settings)
+    target = open_storage(replace(settings, storage_url=target_url))
+    target.check()
+    progress, task = _progress_bar("migrate", count_instances(services.engine))
+    with progress:
+        report = run_migrate(services.engine, services.store, target,
+                             progress=lambda n: progress.advance(task, n))  # type: ignore[arg-type]
+    services.close()
+    target.close()
+    console.print(f"copied {report.copied}, already there {report.already_there}, "
+                  f"failed {len(report.failed)}; target {target.url}")
+    for uid, reason in report.failed[:100]:
+        console.print(f"  [red]failed[/red] {uid}: {reason}")
+    if report.failed:
+        raise typer.Exit(1)
+    console.print(f"now set PACS_STORAGE_URL={target_url} and restart the archive")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (back up the database first)."""

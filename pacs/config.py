@@ -58,6 +58,11 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
     Setting("PACS_S3_SECRET_KEY", "(none)", "S3 secret key (never logged)."),
     Setting("PACS_S3_REGION", "(none)", "S3 region, when the server needs one."),
     Setting("PACS_S3_SECURE", "false", "Use TLS (https) to reach the S3 endpoint."),
+    Setting("PACS_S3_SPOOL", "true",
+            "With s3:// storage, acknowledge stores once fsynced in a local spool "
+            "(`<data dir>/spool`) and upload to S3 in the background; pending uploads resume "
+            "after a restart. `false`: every store waits for S3."),
+    Setting("PACS_S3_UPLOAD_WORKERS", "4", "Parallel background uploads from the spool to S3."),
     Setting("PACS_REMOTE_AES", "(empty)",
             "Known peers and C-MOVE destinations: `AET@host:port,AET2@host:port`."),
     Setting("PACS_REQUIRE_KNOWN_AES", "false",
@@ -95,6 +100,8 @@ class Settings:
     s3_secret_key: str = field(default="", repr=False)
     s3_region: str = ""
     s3_secure: bool = False
+    s3_spool: bool = True
+    s3_upload_workers: int = 4
     remote_aes: tuple[RemoteAE, ...] = ()
     require_known_aes: bool = False
     duplicate_policy: str = "reject"

@@ -9,6 +9,7 @@ object exactly as it was received.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,8 +92,18 @@ class RetrieveService:
         return found[0]
 
     def read(self, instance: StoredInstance) -> bytes:
-        """The object's Part 10 bytes, exactly as stored."""
+        """The object's Part 10 bytes, exactly as stored.
+
+        With an eventually consistent store (S3 behind another node's spool) an object that
+        node just acknowledged may not have landed yet: wait for it a little."""
+        waits = [0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 4.0] if getattr(
+            self.store, "eventually_consistent", False) else []
         try:
+            for delay in waits:
+                try:
+                    return self.store.get(instance.storage_key)
+                except storage.ObjectNotFound:
+                    time.sleep(delay)
             return self.store.get(instance.storage_key)
         except storage.ObjectNotFound as exc:
             log.error("object %s of %s is missing from storage", instance.storage_key,

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 import storage
+from storage.spooled import SpooledStore
 from pacs.config import Settings
 from pacs.index.db import ensure_schema, make_engine
 from pacs.ingest import IngestService
@@ -32,14 +33,19 @@ class Services:
         self.engine.dispose()
 
 
-def open_storage(settings: Settings) -> storage.ObjectStore:
-    s3 = None
-    if settings.storage_url.startswith("s3://"):
-        s3 = storage.S3Options(
-            endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key, region=settings.s3_region or None,
-            secure=settings.s3_secure)
-    return storage.open_store(settings.storage_url, s3)
+def open_storage(settings: Settings, *, spool: bool | None = None) -> storage.ObjectStore:
+    """The object store of ``settings``: a folder, or S3 behind a durable local spool."""
+    if not settings.storage_url.startswith("s3://"):
+        return storage.open_store(settings.storage_url)
+    s3 = storage.S3Options(
+        endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key, region=settings.s3_region or None,
+        secure=settings.s3_secure)
+    remote = storage.open_store(settings.storage_url, s3)
+    if not (settings.s3_spool if spool is None else spool):
+        return remote
+    spool_dir = settings.data_dir / "spool"
+    return SpooledStore(storage.FolderStore(spool_dir), remote, settings.s3_upload_workers)
 
 
 def build_services(settings: Settings, *, auto_upgrade: bool | None = None) -> Services:

@@ -5,7 +5,11 @@
 - C.2.2.2.3 universal: an empty value (or a lone ``*``) matches everything
 - C.2.2.2.4 wildcard: ``*`` any run, ``?`` one character; ``%``, ``_`` and ``\\`` are literals
 - C.2.2.2.5 range: ``A-B``, ``A-``, ``-B`` on DA and TM (inclusive)
-- C.2.2.2.8 multiple values: ``CT\\MR`` matches either, on CS/SH/LO/AE keys
+- C.2.2.2.8 multiple values: ``CT\\MR`` matches either, on AE/CS/LO/SH/UC keys (the archive
+  negotiates no Multiple Value Matching, so it reads a list as QIDO-RS does); each value is
+  trimmed, empty values are ignored and a key with no value left is universal
+- leading and trailing spaces of a key are not significant (PS3.5 6.2); PN keys are folded
+  (``pacs.dicom.names.fold``) before they are looked at
 
 The same rules are written out in pure Python in ``tests/index/oracle.py`` and checked
 against this module with hypothesis.
@@ -21,6 +25,8 @@ from pacs.errors import InvalidInput
 from pacs.index.timefmt import is_date, normalise_date, normalise_time
 
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
+MULTI_VALUE_VRS = {"AE", "CS", "LO", "SH", "UC"}  # LT, ST, UT, UR: a backslash is text
+INTEGER_VRS = {"IS", "US", "UL", "SS", "SL"}
 ESCAPE = "\\"
 
 
@@ -85,35 +91,63 @@ def _time_condition(column: InstrumentedAttribute[object], value: str, keyword: 
     return and_(column >= parse(value, False), column <= parse(value, True))
 
 
+def _values(value: str) -> list[str]:
+    """The trimmed, non-empty values of a key (``\\`` separates values, PS3.5 6.4)."""
+    return [v.strip() for v in value.split("\\") if v.strip()]
+
+
+def _uid_condition(column: InstrumentedAttribute[object], value: str,
+                   keyword: str) -> ColumnElement[bool] | None:
+    uids = _values(value)
+    if any("*" in u or "?" in u for u in uids):
+        raise InvalidInput(f"{keyword}: wildcards are not allowed in UIDs")
+    if not uids:
+        return None
+    return column.in_(uids) if len(uids) > 1 else column == uids[0]
+
+
+def _integer_condition(column: InstrumentedAttribute[object], value: str,
+                       keyword: str) -> ColumnElement[bool] | None:
+    try:
+        numbers = [int(v) for v in _values(value)]
+    except ValueError:
+        raise InvalidInput(f"{keyword}: expected an integer, got {value!r}") from None
+    if not numbers:
+        return None
+    return column.in_(numbers) if len(numbers) > 1 else column == numbers[0]
+
+
+def _text_condition(column: InstrumentedAttribute[object], value: str,
+                    vr: str) -> ColumnElement[bool] | None:
+    values = _values(value) if vr in MULTI_VALUE_VRS else [value]
+    if not values or "*" in values:
+        return None
+    conds = [_string_condition(column, v) for v in values]
+    return conds[0] if len(conds) == 1 else or_(*conds)
+
+
 def condition(keyword: str, vr: str, column: InstrumentedAttribute[object],
               value: str, folded: InstrumentedAttribute[object] | None = None
               ) -> ColumnElement[bool] | None:
     """The SQL condition for matching ``keyword`` against ``value``; None when universal."""
-    value = value.strip() if vr != "PN" else value.strip(" ")
+    if vr == "PN":
+        key = fold(value)
+        if key in ("", "*"):
+            return None
+        return _string_condition(folded if folded is not None else column, key)
+    value = value.strip()
     if value == "" or value == "*":
         return None
     if vr == "UI":
-        uids = [u.strip() for u in value.split("\\") if u.strip()]
-        if any("*" in u or "?" in u for u in uids):
-            raise InvalidInput(f"{keyword}: wildcards are not allowed in UIDs")
-        return column.in_(uids) if len(uids) > 1 else column == uids[0]
+        return _uid_condition(column, value, keyword)
     if vr == "DA":
         return _date_condition(column, value, keyword)
     if vr == "TM":
         return _time_condition(column, value, keyword)
-    if vr in ("IS", "US", "UL", "SS", "SL"):
-        try:
-            numbers = [int(v) for v in value.split("\\")]
-        except ValueError:
-            raise InvalidInput(f"{keyword}: expected an integer, got {value!r}") from None
-        return column.in_(numbers) if len(numbers) > 1 else column == numbers[0]
-    if vr == "PN":
-        target = folded if folded is not None else column
-        return _string_condition(target, fold(value))
+    if vr in INTEGER_VRS:
+        return _integer_condition(column, value, keyword)
     if vr in WILDCARD_VRS:
-        values = value.split("\\")
-        conds = [_string_condition(column, v) for v in values]
-        return conds[0] if len(conds) == 1 else or_(*conds)
+        return _text_condition(column, value, vr)
     return column == value
 
 
