@@ -108,6 +108,7 @@ def migrate_storage(engine: Engine, source: storage.ObjectStore, target: storage
     """Copy every indexed object from ``source`` to ``target`` (same keys), checking each
     copy's hash. Idempotent: objects already present with the right hash are skipped."""
     report = MigrationReport()
+    target.check()  # reachable, writable, folder/bucket created
     for uid, key, sha, _size in _indexed(engine):
         try:
             if target.exists(key) and hashlib.sha256(target.get(key)).hexdigest() == sha:
