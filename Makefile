@@ -57,3 +57,8 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+## bench: C-STORE ingest vs DCMTK storescp and Orthanc (installs orthanc when root)
+bench: $(TEST_STAMP) system-deps
+	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null; } || true
+	$(BIN)/python bench/ingest.py $(BENCH_ARGS)

@@ -74,12 +74,53 @@ def _format(attr_vr: str, value: Any) -> Any:
     return value
 
 
+_PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                   "NumberOfPatientRelatedInstances")
+_IN_CHUNK = 10_000  # keys per IN list: PostgreSQL takes at most 65535 bound parameters
+
+
+def _chunks(ids: set[int]) -> Iterator[list[int]]:
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _IN_CHUNK):
+        yield ordered[start:start + _IN_CHUNK]
+
+
+def _modalities(conn: Any, study_ids: set[int]) -> dict[int, list[str]]:
+    """ModalitiesInStudy of each study: its series' distinct modalities, sorted."""
+    mods: dict[int, list[str]] = {}
+    for chunk in _chunks(study_ids):
+        for study_pk, modality in conn.execute(
+            select(Series.study_pk, Series.modality).distinct()
+            .where(Series.study_pk.in_(chunk)).order_by(Series.study_pk, Series.modality)
+        ):
+            if modality:
+                mods.setdefault(study_pk, []).append(modality)
+    return mods
+
+
+def _patient_counts(conn: Any, patient_ids: set[int]) -> dict[int, tuple[int, int, int]]:
+    """(studies, series, instances) of each patient."""
+    counts: dict[int, tuple[int, int, int]] = {}
+    for chunk in _chunks(patient_ids):
+        for patient_pk, studies, series, instances in conn.execute(
+            select(Study.patient_pk, func.count(Study.id), func.sum(Study.num_series),
+                   func.sum(Study.num_instances))
+            .where(Study.patient_pk.in_(chunk)).group_by(Study.patient_pk)
+        ):
+            counts[patient_pk] = (int(studies or 0), int(series or 0), int(instances or 0))
+    return counts
+
+
 @dataclass
 class QueryService:
     engine: Engine
 
     def search(self, caller: Caller, request: QueryRequest) -> Iterator[Match]:
-        """Matches of ``request`` in a stable order (rows created first come first)."""
+        """Matches of ``request`` in a stable order (rows created first come first).
+
+        The query runs when this is called, so an invalid request raises here and not when
+        the result is first iterated (an adapter maps the error where it calls).
+        """
         keys = self._return_keys(request)
         stmt = self._statement(request, keys)
         log.debug("query %s by %s: %s", request.level.name, caller, sorted(request.filters))
@@ -89,8 +130,7 @@ class QueryService:
                 computed = self._computed(conn, request.level, keys, rows)
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
-        for row in rows:
-            yield self._match(row, request.level, keys, computed)
+        return (self._match(row, request.level, keys, computed) for row in rows)
 
     def _statement(self, request: QueryRequest, keys: list[str]) -> Select[Any]:
         stmt = _base(request.level, keys)
@@ -130,37 +170,23 @@ class QueryService:
                 keys.append(UNIQUE_KEYS[level])
         return keys
 
-    def _computed(self, conn: Any, level: Level, keys: list[str], rows: Sequence[Any]) -> dict[str, dict[int, Any]]:
-        """Values of computed keys, fetched in one query per key for all rows."""
+    def _computed(self, conn: Any, level: Level, keys: list[str],
+                  rows: Sequence[Any]) -> dict[str, dict[int, Any]]:
+        """Values of computed keys (PS3.4 C.6.1.1), fetched for all rows in a few queries."""
         out: dict[str, dict[int, Any]] = {}
         if not rows:
             return out
         if "ModalitiesInStudy" in keys and level >= Level.STUDY:
-            study_ids = {row._mapping["_study_pk"] for row in rows}
-            mods: dict[int, list[str]] = {}
-            for study_pk, modality in conn.execute(
-                select(Series.study_pk, Series.modality).distinct()
-                .where(Series.study_pk.in_(study_ids)).order_by(Series.study_pk, Series.modality)
-            ):
-                if modality:
-                    mods.setdefault(study_pk, []).append(modality)
-            out["ModalitiesInStudy"] = mods
-        patient_keys = [k for k in ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
-                                    "NumberOfPatientRelatedInstances") if k in keys]
-        if patient_keys:
-            patient_ids = {row._mapping["_patient_pk"] for row in rows}
-            counts = conn.execute(
-                select(Study.patient_pk, func.count(Study.id), func.sum(Study.num_series),
-                       func.sum(Study.num_instances))
-                .where(Study.patient_pk.in_(patient_ids)).group_by(Study.patient_pk)
-            ).all()
-            for index, key in enumerate(("NumberOfPatientRelatedStudies",
-                                         "NumberOfPatientRelatedSeries",
-                                         "NumberOfPatientRelatedInstances"), start=1):
-                out[key] = {c[0]: int(c[index] or 0) for c in counts}
+            studies = {row._mapping["_study_pk"] for row in rows}
+            out["ModalitiesInStudy"] = _modalities(conn, studies)
+        if any(k in keys for k in _PATIENT_COUNTS):
+            counts = _patient_counts(conn, {row._mapping["_patient_pk"] for row in rows})
+            for index, key in enumerate(_PATIENT_COUNTS):
+                out[key] = {patient_pk: c[index] for patient_pk, c in counts.items()}
         return out
 
-    def _match(self, row: Any, level: Level, keys: list[str], computed: dict[str, dict[int, Any]]) -> Match:
+    def _match(self, row: Any, level: Level, keys: list[str],
+               computed: dict[str, dict[int, Any]]) -> Match:
         values = row._mapping
         match: Match = {}
         for keyword in keys:
@@ -168,7 +194,7 @@ class QueryService:
             if attr is None or attr.level > level:
                 match[keyword] = None
             elif keyword in computed:
-                owner = values["_study_pk"] if keyword == "ModalitiesInStudy" else values["_patient_pk"]
+                owner = values["_study_pk" if keyword == "ModalitiesInStudy" else "_patient_pk"]
                 match[keyword] = computed[keyword].get(owner) or None
             elif attr.column is None:
                 match[keyword] = None

@@ -9,12 +9,12 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 import storage
-from storage.spooled import SpooledStore
 from pacs.config import Settings
 from pacs.index.db import ensure_schema, make_engine
 from pacs.ingest import IngestService
 from pacs.query import QueryService
 from pacs.retrieve import RetrieveService
+from storage.spooled import SpooledStore
 
 log = logging.getLogger(__name__)
 

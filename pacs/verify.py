@@ -64,7 +64,7 @@ def verify(engine: Engine, store: storage.ObjectStore, *, hashes: bool = True,
     """Cross-check index and storage; see the module docstring."""
     report = VerifyReport()
     stored_keys = set(store.keys())
-    for uid, key, sha, size in _indexed(engine):
+    for uid, key, sha, _size in _indexed(engine):
         report.checked += 1
         if progress:
             progress(1)

@@ -158,7 +158,8 @@ class SpooledStore:
         try:
             self.remote.check()
         except StorageError as exc:  # ingest still works on the spool
-            log.warning("remote store %s unavailable (%s): objects stay in the spool", self.remote.url, exc)
+            log.warning("remote store %s unavailable (%s): objects stay in the spool",
+                        self.remote.url, exc)
 
     def close(self) -> None:
         self._stopping.set()

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from pacs.dicom.names import fold
 from pacs.dicom.uids import clean_uid, is_valid_uid

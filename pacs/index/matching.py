@@ -27,6 +27,7 @@ from pacs.index.timefmt import is_date, normalise_date, normalise_time
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 MULTI_VALUE_VRS = {"AE", "CS", "LO", "SH", "UC"}  # LT, ST, UT, UR: a backslash is text
 INTEGER_VRS = {"IS", "US", "UL", "SS", "SL"}
+MAX_VALUES = 10_000  # values in one key: each is a bound parameter (PostgreSQL takes 65535)
 ESCAPE = "\\"
 
 
@@ -51,7 +52,8 @@ def _string_condition(column: InstrumentedAttribute[object], value: str) -> Colu
     return column == value
 
 
-def _date_condition(column: InstrumentedAttribute[object], value: str, keyword: str) -> ColumnElement[bool]:
+def _date_condition(column: InstrumentedAttribute[object], value: str,
+                    keyword: str) -> ColumnElement[bool]:
     def parse(text: str) -> str:
         date = normalise_date(text)
         if not is_date(date):
@@ -71,7 +73,8 @@ def _date_condition(column: InstrumentedAttribute[object], value: str, keyword: 
     return column == parse(value)
 
 
-def _time_condition(column: InstrumentedAttribute[object], value: str, keyword: str) -> ColumnElement[bool]:
+def _time_condition(column: InstrumentedAttribute[object], value: str,
+                    keyword: str) -> ColumnElement[bool]:
     def parse(text: str, upper: bool) -> str:
         t = normalise_time(text, upper=upper)
         if not t:
@@ -91,14 +94,17 @@ def _time_condition(column: InstrumentedAttribute[object], value: str, keyword: 
     return and_(column >= parse(value, False), column <= parse(value, True))
 
 
-def _values(value: str) -> list[str]:
+def _values(value: str, keyword: str) -> list[str]:
     """The trimmed, non-empty values of a key (``\\`` separates values, PS3.5 6.4)."""
-    return [v.strip() for v in value.split("\\") if v.strip()]
+    values = [v.strip() for v in value.split("\\") if v.strip()]
+    if len(values) > MAX_VALUES:
+        raise InvalidInput(f"{keyword}: more than {MAX_VALUES} values")
+    return values
 
 
 def _uid_condition(column: InstrumentedAttribute[object], value: str,
                    keyword: str) -> ColumnElement[bool] | None:
-    uids = _values(value)
+    uids = _values(value, keyword)
     if any("*" in u or "?" in u for u in uids):
         raise InvalidInput(f"{keyword}: wildcards are not allowed in UIDs")
     if not uids:
@@ -109,7 +115,7 @@ def _uid_condition(column: InstrumentedAttribute[object], value: str,
 def _integer_condition(column: InstrumentedAttribute[object], value: str,
                        keyword: str) -> ColumnElement[bool] | None:
     try:
-        numbers = [int(v) for v in _values(value)]
+        numbers = [int(v) for v in _values(value, keyword)]
     except ValueError:
         raise InvalidInput(f"{keyword}: expected an integer, got {value!r}") from None
     if not numbers:
@@ -117,9 +123,9 @@ def _integer_condition(column: InstrumentedAttribute[object], value: str,
     return column.in_(numbers) if len(numbers) > 1 else column == numbers[0]
 
 
-def _text_condition(column: InstrumentedAttribute[object], value: str,
-                    vr: str) -> ColumnElement[bool] | None:
-    values = _values(value) if vr in MULTI_VALUE_VRS else [value]
+def _text_condition(column: InstrumentedAttribute[object], value: str, vr: str,
+                    keyword: str) -> ColumnElement[bool] | None:
+    values = _values(value, keyword) if vr in MULTI_VALUE_VRS else [value]
     if not values or "*" in values:
         return None
     conds = [_string_condition(column, v) for v in values]
@@ -147,7 +153,7 @@ def condition(keyword: str, vr: str, column: InstrumentedAttribute[object],
     if vr in INTEGER_VRS:
         return _integer_condition(column, value, keyword)
     if vr in WILDCARD_VRS:
-        return _text_condition(column, value, vr)
+        return _text_condition(column, value, vr, keyword)
     return column == value
 
 

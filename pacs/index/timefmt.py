@@ -34,7 +34,7 @@ def normalise_time(value: str, *, upper: bool = False) -> str:
     fill = "59" if upper else "00"
     mm = mm or fill
     ss = ss or fill
-    frac = (frac or "").ljust(6, "0") if frac else ("999999" if upper else "000000")
+    frac = (frac or "").ljust(6, "9" if upper else "0")
     return f"{hh}{mm}{ss}.{frac}"
 
 
