@@ -97,7 +97,7 @@ def pacs_starter(extra_env: dict[str, str]) -> Callable[[Path], tuple[subprocess
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
         env.update(PACS_DATA_DIR=str(work / "data"), PACS_DICOM_HOST="127.0.0.1",
-                   PACS_DICOM_PORT=str(port), PACS_LOG_LEVEL="WARNING", **extra_env)
+                   PACS_DICOM_PORT=str(port), PACS_HTTP_PORT="0", PACS_LOG_LEVEL="WARNING", **extra_env)
         proc = subprocess.Popen([str(Path(sys.executable).parent / "pacs"), "serve"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=open(work / "pacs.log", "wb"))
         wait_port(port, proc)

@@ -32,7 +32,12 @@ QUERY_RETRIEVE_CLASSES: tuple[UID, ...] = (
 )
 
 # Every transfer syntax pynetdicom knows, native and compressed, accepted as received.
-TRANSFER_SYNTAXES: tuple[str, ...] = tuple(ALL_TRANSFER_SYNTAXES)
+# pynetdicom accepts, per context, the first syntax of this list that the requestor proposed,
+# so Explicit VR Little Endian comes first: a peer proposing several native syntaxes in one
+# context (a C-GET requestor, storescu +C) then gets objects stored that way byte-for-byte
+# instead of re-encoded to Implicit VR (which also loses the VR of private elements).
+TRANSFER_SYNTAXES: tuple[str, ...] = ("1.2.840.10008.1.2.1", *(
+    ts for ts in ALL_TRANSFER_SYNTAXES if ts != "1.2.840.10008.1.2.1"))
 STORAGE_CLASSES: tuple[UID, ...] = tuple(
     UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax)
 NATIVE_SYNTAXES: tuple[str, ...] = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")

@@ -172,7 +172,8 @@ def _retrieve_keys(identifier: Dataset) -> dict[str, str]:
     for kw in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         value = identifier.get(kw)
         if value is not None:
-            keys[kw] = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+            keys[kw] = ("\\".join(str(v) for v in value) if isinstance(value, MultiValue)
+                        else str(value))
     return keys
 
 

@@ -1,9 +1,10 @@
 """Sending stored objects over C-STORE (the sub-operations of C-MOVE and C-GET).
 
 An object goes out byte-for-byte as stored when the peer accepted a presentation context
-with its transfer syntax; otherwise it is decompressed to a native syntax the peer accepted.
-pynetdicom encodes every dataset it sends, so the raw path builds the C-STORE primitive
-itself (``send_stored``) and is installed per association with :func:`install`.
+with its transfer syntax; otherwise it is decoded and encoded again in a native syntax the peer
+accepted (decompressed, VR made explicit or implicit, byte order swapped as needed).
+pynetdicom encodes every dataset it sends, so both paths build the C-STORE primitive
+themselves (``_send_raw``), installed per association with :func:`install`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
@@ -45,7 +49,8 @@ class StoredDataset(Dataset):
         object.__setattr__(self, "_pacs_loader", loader)
 
     def load(self) -> bytes:
-        loader = cast(Callable[[StoredInstance], bytes], object.__getattribute__(self, "_pacs_loader"))
+        loader = cast(Callable[[StoredInstance], bytes],
+                      object.__getattribute__(self, "_pacs_loader"))
         return loader(object.__getattribute__(self, "_pacs_instance"))
 
 
@@ -54,9 +59,10 @@ def _accepted(assoc: Association, sop_class: str) -> list[PresentationContext]:
             if cx.abstract_syntax == sop_class and cx.as_scu]
 
 
-def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, raw: bytes,
+def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, data: bytes,
               msg_id: int, priority: int, originator_aet: str | None,
               originator_id: int | None) -> Dataset:
+    """One C-STORE whose data set is ``data``, already encoded in ``cx``'s syntax."""
     req = C_STORE()
     req.MessageID = msg_id
     req.Priority = priority
@@ -64,7 +70,7 @@ def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, ra
     req.MoveOriginatorMessageID = originator_id
     req.AffectedSOPClassUID = ds.SOPClassUID
     req.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    req.DataSet = BytesIO(raw[dataset_offset(raw):])
+    req.DataSet = BytesIO(data)
     # the same hand-over to the DIMSE layer as Association.send_c_store (pynetdicom 3.0)
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
@@ -77,21 +83,47 @@ def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, ra
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
-    return cast(Dataset, assoc._check_received_status(rsp))
+    return assoc._check_received_status(rsp)
 
 
-def _transcode(raw: bytes, accepted: list[PresentationContext]) -> Dataset:
+# Values of these VRs are kept as bytes by pydicom and never byte-swapped when it writes in the
+# other byte order (PS3.5 7.3: OW holds 16-bit words, OF/OL 32-bit, OD/OV 64-bit).
+_WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _swap_byte_order(ds: Dataset) -> None:
+    """Byte-swap the word-valued (OW, OF, OL, OD, OV) elements of ``ds``, recursively."""
+    for elem in ds.iterall():  # also turns raw elements into parsed ones (numbers decoded)
+        size = _WORD_SIZE.get(str(elem.VR))
+        if size and isinstance(elem.value, bytes) and len(elem.value) % size == 0:
+            words = np.frombuffer(elem.value, dtype=f"u{size}")
+            elem.value = words.byteswap().tobytes()
+
+
+def _transcode(raw: bytes, accepted: list[PresentationContext]
+               ) -> tuple[PresentationContext, bytes]:
+    """The stored object decoded and encoded again in the best native syntax the peer
+    accepted (explicit VR little endian, then implicit, then big endian): context and bytes."""
+    natives = [cx for cx in accepted if cx.transfer_syntax[0] in NATIVE]
+    if not natives:
+        raise ValueError("the peer accepted no uncompressed transfer syntax")
+    cx = min(natives, key=lambda c: NATIVE.index(str(c.transfer_syntax[0])))
+    target = UID(cx.transfer_syntax[0])
     ds = pydicom.dcmread(BytesIO(raw))
-    ts = UID(ds.file_meta.TransferSyntaxUID)
-    if ts.is_compressed:
-        ds.decompress()
-    elif ts.is_deflated or ts not in {cx.transfer_syntax[0] for cx in accepted}:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    target = next((UID(cx.transfer_syntax[0]) for cx in accepted
-                   if cx.transfer_syntax[0] in NATIVE), None)
-    if target is not None and target != ds.file_meta.TransferSyntaxUID:
-        ds.file_meta.TransferSyntaxUID = target
-    return ds
+    stored = UID(ds.file_meta.TransferSyntaxUID)
+    if stored.is_compressed:
+        # native little endian pixel data; a change of transfer syntax keeps the SOP Instance
+        # UID (pydicom would make a new one by default, and the peer would get an object
+        # other than the one the C-STORE request names)
+        ds.decompress(generate_instance_uid=False)
+    little = stored.is_compressed or stored.is_little_endian
+    if little != target.is_little_endian:
+        _swap_byte_order(ds)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = target.is_implicit_VR
+    fp.is_little_endian = target.is_little_endian
+    write_dataset(fp, ds)  # converts implicit <-> explicit VR and the byte order of numbers
+    return cx, fp.getvalue()
 
 
 def install(assoc: Association) -> None:
@@ -99,7 +131,8 @@ def install(assoc: Association) -> None:
     original = assoc.send_c_store
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
-                     originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+                     originator_aet: str | None = None,
+                     originator_id: int | None = None) -> Dataset:
         if not isinstance(dataset, StoredDataset):
             return original(dataset, msg_id, priority, originator_aet, originator_id)
         raw = dataset.load()
@@ -107,32 +140,41 @@ def install(assoc: Association) -> None:
         ts = str(dataset.file_meta.TransferSyntaxUID)
         same = next((cx for cx in accepted if cx.transfer_syntax[0] == ts), None)
         if same is not None:
-            return _send_raw(assoc, same, dataset, raw, msg_id, priority, originator_aet,
-                             originator_id)
+            return _send_raw(assoc, same, dataset, raw[dataset_offset(raw):], msg_id, priority,
+                             originator_aet, originator_id)
         if not accepted:
             raise ValueError(f"peer accepted no context for {dataset.SOPClassUID}")
-        log.info("transcoding %s from %s for %s", dataset.SOPInstanceUID, ts,
+        cx, data = _transcode(raw, accepted)
+        log.info("transcoded %s from %s to %s for %s", dataset.SOPInstanceUID, ts,
+                 cx.transfer_syntax[0],
                  assoc.requestor.ae_title if assoc.is_acceptor else assoc.acceptor.ae_title)
-        return original(_transcode(raw, accepted), msg_id, priority, originator_aet,
-                        originator_id)
+        return _send_raw(assoc, cx, dataset, data, msg_id, priority, originator_aet,
+                         originator_id)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
 
 
 def requested_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
-    """Contexts to propose to a C-MOVE destination: per (SOP class, stored syntax) the stored
-    syntax first, then the native ones; at most 128 (PS3.8 9.3.2.2)."""
-    seen: dict[tuple[str, str], PresentationContext] = {}
+    """Contexts to propose to a C-MOVE destination (at most 128, PS3.8 9.3.2.2).
+
+    For each SOP class one context with the native syntaxes, so every object can go out
+    (decompressed if need be), then for each (SOP class, stored syntax) one context with that
+    syntax alone: offered together with the native ones, a peer could pick its preferred
+    native syntax even though it supports the stored one, and the object would be re-encoded.
+    """
+    wanted: list[tuple[str, tuple[str, ...]]] = []
     for inst in instances:
-        key = (inst.sop_class_uid, inst.transfer_syntax_uid)
-        if key in seen:
-            continue
-        syntaxes = [inst.transfer_syntax_uid] + [t for t in NATIVE if t != inst.transfer_syntax_uid]
+        wanted.append((inst.sop_class_uid, NATIVE))
+    for inst in instances:
+        wanted.append((inst.sop_class_uid, (inst.transfer_syntax_uid,)))
+    unique = list(dict.fromkeys(wanted))
+    if len(unique) > 128:
+        log.warning("%d presentation contexts wanted, 128 proposed: some objects will be "
+                    "transcoded or fail", len(unique))
+    contexts = []
+    for sop_class, syntaxes in unique[:128]:
         cx = PresentationContext()
-        cx.abstract_syntax = UID(inst.sop_class_uid)
+        cx.abstract_syntax = UID(sop_class)
         cx.transfer_syntax = [UID(t) for t in syntaxes]
-        seen[key] = cx
-        if len(seen) == 128:
-            log.warning("more than 128 (SOP class, syntax) pairs: some objects will transcode")
-            break
-    return list(seen.values())
+        contexts.append(cx)
+    return contexts

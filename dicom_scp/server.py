@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Any
+from typing import Any, cast
 
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -40,7 +41,11 @@ class PacsAssociationServer(ThreadedAssociationServer):
 
 def make_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
-    ae.supported_contexts = supported_contexts()
+    # Not ``ae.supported_contexts = ...``: that setter drops the SCP/SCU roles, and without
+    # them a C-GET requestor's role selection is refused and every sub-operation fails.
+    for cx in supported_contexts():
+        ae.add_supported_context(cast(UID, cx.abstract_syntax), cx.transfer_syntax,
+                                 scu_role=cx.scu_role, scp_role=cx.scp_role)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.dimse_timeout = settings.dimse_timeout

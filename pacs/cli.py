@@ -78,11 +78,12 @@ def _worker(settings: Settings) -> None:
 @app.command()
 def serve(
     dicom_port: Annotated[int | None, typer.Option(help="Override PACS_DICOM_PORT.")] = None,
+    http_port: Annotated[int | None, typer.Option(help="Override PACS_HTTP_PORT.")] = None,
     workers: Annotated[int | None, typer.Option(help="Override PACS_DICOM_WORKERS.")] = None,
     demo_if_empty: Annotated[bool, typer.Option(help="Load the demo studies into an empty archive.")] = False,
 ) -> None:
     """Start the archive's DICOM service; stop it with Ctrl-C or SIGTERM."""
-    settings = _settings(dicom_port=dicom_port, dicom_workers=workers)
+    settings = _settings(dicom_port=dicom_port, http_port=http_port, dicom_workers=workers)
     services = _services(settings)
     if demo_if_empty and _is_empty(services):
         console.print("empty archive: loading the demo studies (pacs demo)")
@@ -100,13 +101,18 @@ def serve(
             proc = ctx.Process(target=_worker, args=(child_settings,), name=f"dicom-{n + 2}")
             proc.start()
             children.append(proc)
+    from viewer_api.server import HttpService
+
+    http = HttpService(services)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service.start()
+    http.start()
     console.print(
         f"[green]mini-PACS ready[/green]: DICOM AE [bold]{settings.ae_title}[/bold] on "
         f"{settings.dicom_host}:{service.port} ({settings.dicom_workers} process(es)); "
+        f"DICOMweb http://{settings.http_host}:{http.port}/dicomweb; "
         f"index {_safe_url(settings.database_url)}; storage {services.store.url}")
     sys.stderr.flush()
     stop.wait()
@@ -114,6 +120,7 @@ def serve(
     for proc in children:
         if proc.pid:
             os.kill(proc.pid, signal.SIGTERM)
+    http.stop()
     service.stop()
     for proc in children:
         proc.join(30)

@@ -79,6 +79,9 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "Largest object accepted (bytes); bigger ones are refused."),
     Setting("PACS_DIMSE_TIMEOUT", "60", "Seconds to wait for a DIMSE message."),
     Setting("PACS_NETWORK_TIMEOUT", "60", "Seconds of network inactivity before an abort."),
+    Setting("PACS_CORS_ORIGINS", "(empty)",
+            "Web origins allowed to call the HTTP API from a browser (e.g. an OHIF viewer on "
+            "another host): comma-separated, `*` for any. Authorization headers are allowed."),
     Setting("PACS_LOG_LEVEL", "INFO", "Logging level (DEBUG, INFO, WARNING, ERROR)."),
 )
 
@@ -111,6 +114,7 @@ class Settings:
     max_object_size: int = 4 * 1024**3
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -173,6 +177,9 @@ def _convert(name: str, raw: object) -> object:
             raise ValueError(text)
         if kind == "Path":
             return Path(text)
+        if name == "cors_origins":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)  # type: ignore[arg-type]
+            return tuple(i.strip() for i in items if str(i).strip())
         if name == "remote_aes":
             return parse_remote_aes(text) if isinstance(raw, str) else parse_remote_aes(
                 ",".join(str(x) for x in raw)  # type: ignore[attr-defined]

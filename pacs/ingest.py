@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import storage
 from pacs.context import Caller
-from pacs.dicom.header import InstanceHeader, parse_header
+from pacs.dicom.header import InstanceHeader, dataset_offset, parse_header
 from pacs.errors import DuplicateConflict, InvalidInput, StorageFull, StorageUnavailable
 from pacs.index import writer
 from pacs.index.db import writer as write_engine
@@ -121,7 +121,7 @@ class IngestService:
 
     def _duplicate(self, caller: Caller, header: InstanceHeader, part10: bytes, digest: str,
                    existing: writer.StoredRow) -> StoreOutcome:
-        if existing.sha256 == digest:
+        if existing.sha256 == digest or self._same_dataset(existing, part10):
             return self._done(caller, header, StoreStatus.ALREADY_STORED)
         if self.duplicate_policy != "overwrite":
             log.warning("refused %s from %s: SOP Instance UID already stored with other content",
@@ -139,6 +139,14 @@ class IngestService:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
         self._discard(existing.storage_key)
         return self._done(caller, header, StoreStatus.REPLACED)
+
+    def _same_dataset(self, existing: writer.StoredRow, part10: bytes) -> bool:
+        """Same data set, different File Meta (e.g. another Source AE Title): a resend."""
+        try:
+            stored = self.store.get(existing.storage_key)
+            return stored[dataset_offset(stored):] == part10[dataset_offset(part10):]
+        except (storage.StorageError, InvalidInput):
+            return False
 
     def _put(self, key: str, data: bytes) -> None:
         try:

@@ -14,12 +14,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Select, exists, func, select
+from sqlalchemy import ColumnElement, Engine, Select, exists, func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import aliased
 
 from pacs.context import Caller
 from pacs.errors import InvalidInput, StorageUnavailable
-from pacs.index.attributes import ATTRIBUTES, DEFAULT_KEYS, UNIQUE_KEYS, Level
+from pacs.index.attributes import ATTRIBUTES, DEFAULT_KEYS, FOLDED, UNIQUE_KEYS, Level
 from pacs.index.matching import condition
 from pacs.index.models import Instance, Patient, Series, Study
 
@@ -111,6 +112,19 @@ def _patient_counts(conn: Any, patient_ids: set[int]) -> dict[int, tuple[int, in
     return counts
 
 
+def _modalities_in_study(value: str) -> ColumnElement[bool] | None:
+    """ModalitiesInStudy matches a study when one of its series' Modality matches.
+
+    The series are an alias so that the subquery stays its own at SERIES and IMAGE level,
+    where the outer query selects from ``series`` too.
+    """
+    other = aliased(Series)
+    cond = condition("ModalitiesInStudy", "CS", other.modality, value)
+    if cond is None:
+        return None
+    return exists().where(other.study_pk == Study.id, cond)
+
+
 @dataclass
 class QueryService:
     engine: Engine
@@ -139,13 +153,13 @@ class QueryService:
             if attr is None or attr.level > request.level or value is None:
                 continue
             if keyword == "ModalitiesInStudy":
-                cond = condition("Modality", "CS", Series.modality, str(value))
+                cond = _modalities_in_study(str(value))
                 if cond is not None:
-                    stmt = stmt.where(exists().where(Series.study_pk == Study.id, cond))
+                    stmt = stmt.where(cond)
                 continue
             if attr.column is None:
                 continue  # other computed keys are return-only
-            cond = condition(keyword, attr.vr, attr.column, str(value), attr.folded)
+            cond = condition(keyword, attr.vr, attr.column, str(value), FOLDED.get(keyword))
             if cond is not None:
                 stmt = stmt.where(cond)
         stmt = stmt.order_by(_ORDER[request.level])

@@ -14,6 +14,7 @@ from pacs.index.db import ensure_schema, make_engine
 from pacs.ingest import IngestService
 from pacs.query import QueryService
 from pacs.retrieve import RetrieveService
+from pacs.wado import WadoService
 from storage.spooled import SpooledStore
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Services:
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
+    wado: WadoService
 
     def close(self) -> None:
         self.store.close()
@@ -56,11 +58,13 @@ def build_services(settings: Settings, *, auto_upgrade: bool | None = None) -> S
     ensure_schema(engine, auto_upgrade=auto_upgrade)
     store = open_storage(settings)
     store.check()
+    retrieve = RetrieveService(engine, store)
     return Services(
         settings=settings,
         engine=engine,
         store=store,
         ingest=IngestService(engine, store, settings.duplicate_policy, settings.max_object_size),
         query=QueryService(engine),
-        retrieve=RetrieveService(engine, store),
+        retrieve=retrieve,
+        wado=WadoService(engine, retrieve),
     )

@@ -35,11 +35,10 @@ class Attr:
     level: Level
     vr: str
     column: InstrumentedAttribute[object] | None  # None: computed
-    folded: InstrumentedAttribute[object] | None = None  # PN: the folded copy to match on
 
 
 ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in (
-    Attr("PatientName", Level.PATIENT, "PN", Patient.patient_name, Patient.patient_name_folded),
+    Attr("PatientName", Level.PATIENT, "PN", Patient.patient_name),
     Attr("PatientID", Level.PATIENT, "LO", Patient.patient_id),
     Attr("IssuerOfPatientID", Level.PATIENT, "LO", Patient.issuer_of_patient_id),
     Attr("PatientBirthDate", Level.PATIENT, "DA", Patient.patient_birth_date),
@@ -53,8 +52,7 @@ ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in (
     Attr("AccessionNumber", Level.STUDY, "SH", Study.accession_number),
     Attr("StudyID", Level.STUDY, "SH", Study.study_id),
     Attr("StudyDescription", Level.STUDY, "LO", Study.study_description),
-    Attr("ReferringPhysicianName", Level.STUDY, "PN", Study.referring_physician_name,
-         Study.referring_physician_folded),
+    Attr("ReferringPhysicianName", Level.STUDY, "PN", Study.referring_physician_name),
     Attr("ModalitiesInStudy", Level.STUDY, "CS", None),
     Attr("NumberOfStudyRelatedSeries", Level.STUDY, "IS", Study.num_series),
     Attr("NumberOfStudyRelatedInstances", Level.STUDY, "IS", Study.num_instances),
@@ -78,6 +76,13 @@ ATTRIBUTES: dict[str, Attr] = {a.keyword: a for a in (
     Attr("PhotometricInterpretation", Level.IMAGE, "CS", Instance.photometric_interpretation),
     Attr("AvailableTransferSyntaxUID", Level.IMAGE, "UI", Instance.transfer_syntax_uid),
 )}
+
+# PN keys match on a folded copy of the name (pacs.dicom.names.fold). A table of its own, not
+# a field of Attr with a default: mypy reads a defaulted descriptor-typed field as `object`.
+FOLDED: dict[str, InstrumentedAttribute[object]] = {
+    "PatientName": Patient.patient_name_folded,
+    "ReferringPhysicianName": Study.referring_physician_folded,
+}
 
 UNIQUE_KEYS: dict[Level, str] = {
     Level.PATIENT: "PatientID",

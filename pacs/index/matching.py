@@ -8,7 +8,9 @@
 - C.2.2.2.8 multiple values: ``CT\\MR`` matches either, on AE/CS/LO/SH/UC keys (the archive
   negotiates no Multiple Value Matching, so it reads a list as QIDO-RS does); each value is
   trimmed, empty values are ignored and a key with no value left is universal
-- leading and trailing spaces of a key are not significant (PS3.5 6.2); PN keys are folded
+- leading and trailing spaces of a key are not significant (PS3.5 6.2), nor is NUL padding
+  (UI values are padded with NUL, and some senders pad text with it); a NUL inside a key is
+  invalid input (no text VR holds one, and PostgreSQL text cannot); PN keys are folded
   (``pacs.dicom.names.fold``) before they are looked at
 
 The same rules are written out in pure Python in ``tests/index/oracle.py`` and checked
@@ -29,6 +31,7 @@ MULTI_VALUE_VRS = {"AE", "CS", "LO", "SH", "UC"}  # LT, ST, UT, UR: a backslash 
 INTEGER_VRS = {"IS", "US", "UL", "SS", "SL"}
 MAX_VALUES = 10_000  # values in one key: each is a bound parameter (PostgreSQL takes 65535)
 ESCAPE = "\\"
+PADDING = " \t\r\n\x00"
 
 
 def like_pattern(value: str) -> str:
@@ -96,7 +99,7 @@ def _time_condition(column: InstrumentedAttribute[object], value: str,
 
 def _values(value: str, keyword: str) -> list[str]:
     """The trimmed, non-empty values of a key (``\\`` separates values, PS3.5 6.4)."""
-    values = [v.strip() for v in value.split("\\") if v.strip()]
+    values = [v.strip(PADDING) for v in value.split("\\") if v.strip(PADDING)]
     if len(values) > MAX_VALUES:
         raise InvalidInput(f"{keyword}: more than {MAX_VALUES} values")
     return values
@@ -136,12 +139,14 @@ def condition(keyword: str, vr: str, column: InstrumentedAttribute[object],
               value: str, folded: InstrumentedAttribute[object] | None = None
               ) -> ColumnElement[bool] | None:
     """The SQL condition for matching ``keyword`` against ``value``; None when universal."""
+    value = value.strip(PADDING)
+    if "\x00" in value:
+        raise InvalidInput(f"{keyword}: NUL character in the key")
     if vr == "PN":
         key = fold(value)
         if key in ("", "*"):
             return None
         return _string_condition(folded if folded is not None else column, key)
-    value = value.strip()
     if value == "" or value == "*":
         return None
     if vr == "UI":

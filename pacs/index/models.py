@@ -103,7 +103,8 @@ class Instance(Base):
     pixel_data_length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     source_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    extra: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # DICOM JSON of the header (PS3.18 F.2) with a {base} URL placeholder; filled on first use
+    metadata_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)

@@ -28,7 +28,7 @@ PACS = str(Path(sys.executable).parent / "pacs")
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
-    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_HOST="127.0.0.1",
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), PACS_DICOM_HOST="127.0.0.1", PACS_HTTP_PORT="0",
                PACS_LOG_LEVEL="WARNING", **extra)
     return env
 

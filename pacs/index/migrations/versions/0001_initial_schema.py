@@ -101,7 +101,7 @@ def upgrade() -> None:
     sa.Column('pixel_data_length', sa.BigInteger(), nullable=True),
     sa.Column('source_ae', sa.String(length=16), nullable=False),
     sa.Column('received_at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),
-    sa.Column('extra', sa.Text(), nullable=True),
+    sa.Column('metadata_json', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['series_pk'], ['series.id'], name=op.f('fk_instances_series_pk_series')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_instances')),
     sa.UniqueConstraint('sop_instance_uid', name=op.f('uq_instances_sop_instance_uid')),

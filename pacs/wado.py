@@ -1,0 +1,172 @@
+"""Web access to stored objects (PS3.18 WADO-RS, WADO-URI): metadata, frames, renders.
+
+Built on the retrieve path; the HTTP adapter only parses requests and maps outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from pacs.context import Caller
+from pacs.dicomjson import BASE, instance_metadata, join_metadata
+from pacs.errors import InvalidInput, NotFound, StorageUnavailable
+from pacs.index.attributes import Level
+from pacs.index.db import writer
+from pacs.index.models import Instance
+from pacs.retrieve import RetrieveService, StoredInstance
+from pacs.transcode import can_transcode, transcode
+
+if TYPE_CHECKING:
+    from pacs import render
+
+log = logging.getLogger(__name__)
+
+
+class NotAcceptableSyntax(InvalidInput):
+    """A transfer syntax we cannot produce from the stored object."""
+
+
+def instance_path(inst: StoredInstance) -> str:
+    return (f"/studies/{inst.study_uid}/series/{inst.series_uid}"
+            f"/instances/{inst.sop_instance_uid}")
+
+
+@dataclass
+class WadoService:
+    engine: Engine
+    retrieve: RetrieveService
+    render_cache: Any = field(default=None)  # a pacs.render.RenderCache, made on first use
+
+    def instances(self, caller: Caller, study: str, series: str | None = None,
+                  instance: str | None = None) -> list[StoredInstance]:
+        keys = {"StudyInstanceUID": study}
+        level = Level.STUDY
+        if series:
+            keys["SeriesInstanceUID"] = series
+            level = Level.SERIES
+        if instance:
+            keys["SOPInstanceUID"] = instance
+            level = Level.IMAGE
+        found = self.retrieve.find_instances(caller, level, keys)
+        if not found:
+            raise NotFound(f"no instances under {level.name.lower()} {instance or series or study}")
+        return found
+
+    def check_syntax(self, inst: StoredInstance, transfer_syntax: str) -> None:
+        if transfer_syntax not in ("*", inst.transfer_syntax_uid) and not can_transcode(
+                inst.transfer_syntax_uid, transfer_syntax):
+            raise NotAcceptableSyntax(f"cannot provide {transfer_syntax} for an object stored as "
+                                      f"{inst.transfer_syntax_uid}")
+
+    def bulkdata(self, inst: StoredInstance, tag: str) -> bytes:
+        """The value of a top-level bulk data element (Pixel Data: all frames, as stored
+        for native syntaxes, concatenated decoded frames otherwise)."""
+        try:
+            number = int(tag, 16)
+        except ValueError:
+            raise InvalidInput(f"invalid tag {tag!r}") from None
+        from pacs import frames
+
+        raw = self.retrieve.read(inst)
+        ds = pydicom.dcmread(BytesIO(raw))
+        if number == 0x7FE00010:
+            if "PixelData" not in ds:
+                raise NotFound(f"{inst.sop_instance_uid} has no pixel data")
+            if not ds.file_meta.TransferSyntaxUID.is_compressed:
+                return bytes(ds.PixelData)
+            return b"".join(frames.uncompressed_frame(raw, i) for i in range(inst.number_of_frames))
+        if number not in ds:
+            raise NotFound(f"{inst.sop_instance_uid} has no element {tag}")
+        value = ds[number].value
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    def read(self, inst: StoredInstance, transfer_syntax: str | None) -> bytes:
+        """Part 10 bytes, as stored (``None`` or ``*``) or in ``transfer_syntax``."""
+        raw = self.retrieve.read(inst)
+        if transfer_syntax in (None, "*", inst.transfer_syntax_uid):
+            return raw
+        self.check_syntax(inst, transfer_syntax)
+        return transcode(raw, transfer_syntax)
+
+    def metadata(self, caller: Caller, base: str, study: str, series: str | None = None,
+                 instance: str | None = None) -> str:
+        """DICOM JSON array of the instances' metadata (cached in the index)."""
+        found = self.instances(caller, study, series, instance)
+        uids = [i.sop_instance_uid for i in found]
+        try:
+            with self.engine.connect() as conn:
+                cached = dict(conn.execute(
+                    select(Instance.sop_instance_uid, Instance.metadata_json)
+                    .where(Instance.sop_instance_uid.in_(uids))).all())
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+        texts = []
+        for inst in found:
+            text = cached.get(inst.sop_instance_uid)
+            if text is None:
+                text = self._make_metadata(inst)
+            texts.append(text)
+        return join_metadata(texts, base)
+
+    def _make_metadata(self, inst: StoredInstance) -> str:
+        raw = self.retrieve.read(inst)
+        ds = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
+        text = instance_metadata(ds, f"{BASE}{instance_path(inst)}/bulkdata",
+                                 inst.pixel_data_offset is not None or _has_pixels(raw))
+        try:
+            with writer(self.engine).begin() as conn:
+                conn.execute(update(Instance).where(
+                    Instance.sop_instance_uid == inst.sop_instance_uid).values(metadata_json=text))
+        except SQLAlchemyError as exc:  # a cache: failing to keep it is not an error
+            log.warning("could not cache metadata of %s: %s", inst.sop_instance_uid, exc)
+        return text
+
+    def frames(self, inst: StoredInstance, numbers: list[int], stored: bool) -> list[bytes]:
+        """Frames (1-based ``numbers``) in the stored syntax or uncompressed."""
+        from pacs import frames
+
+        raw = self.retrieve.read(inst)
+        out = []
+        for n in numbers:
+            if n < 1 or n > max(inst.number_of_frames, 1):
+                raise NotFound(f"frame {n} of {inst.sop_instance_uid} does not exist "
+                               f"({inst.number_of_frames} frame(s))")
+            if stored:
+                out.append(frames.stored_frame(raw, n - 1, pixel_data_offset=inst.pixel_data_offset,
+                                               pixel_data_length=inst.pixel_data_length))
+            else:
+                out.append(frames.uncompressed_frame(raw, n - 1))
+        return out
+
+    def rendered(self, inst: StoredInstance, frame: int | None,
+                 options: render.RenderOptions, thumbnail: bool = False) -> bytes:
+        """A rendered frame (1-based; None: the first, or the middle one for thumbnails)."""
+        from pacs import render
+
+        if self.render_cache is None:
+            self.render_cache = render.RenderCache(256 << 20)
+        frame_key = render.THUMBNAIL_FRAME if thumbnail else (frame or 1)
+        cached = self.render_cache.get(inst.sop_instance_uid, frame_key, options)
+        if cached is not None:
+            return cached
+        raw = self.retrieve.read(inst)
+        if thumbnail:
+            data = render.render_thumbnail(raw, options)
+        else:
+            index = (frame or 1) - 1
+            if index < 0 or index >= max(inst.number_of_frames, 1):
+                raise NotFound(f"frame {frame} of {inst.sop_instance_uid} does not exist")
+            data = render.render_frame(raw, index, options)
+        self.render_cache.put(inst.sop_instance_uid, frame_key, options, data)
+        return data
+
+
+def _has_pixels(raw: bytes) -> bool:
+    return b"\xe0\x7f\x10\x00" in raw[-(1 << 20):] or b"\x7f\xe0\x00\x10" in raw

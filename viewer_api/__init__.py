@@ -1,0 +1,1 @@
+"""The HTTP adapter (FastAPI): DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and the viewer."""

@@ -1,0 +1,129 @@
+"""QIDO-RS (PS3.18 10.6): search studies, series and instances with the archive's one query
+engine (the same matching as C-FIND)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from pacs.dicomjson import keyword_of, match_json
+from pacs.errors import InvalidInput
+from pacs.index.attributes import ATTRIBUTES, Level
+from pacs.query import QueryRequest
+from viewer_api.deps import BaseDep, CallerDep, ServicesDep, check_uids
+
+router = APIRouter(tags=["QIDO-RS"])
+RESERVED = {"includefield", "limit", "offset", "fuzzymatching", "orderby", "charset"}
+DICOM_JSON = "application/dicom+json"
+MAX_RESULTS = 10_000
+
+
+def _parse(request: Request, level: Level, fixed: dict[str, str]) -> tuple[QueryRequest, list[str], bool]:
+    filters: dict[str, str] = dict(fixed)
+    include: list[str] = []
+    ignored: list[str] = []
+    limit: int | None = None
+    offset = 0
+    fuzzy = False
+    for key, value in request.query_params.multi_items():
+        name = key.lower()
+        if name == "includefield":
+            for item in filter(None, (v.strip() for v in value.split(","))):
+                if item.lower() == "all":
+                    include += [a.keyword for a in ATTRIBUTES.values() if a.level <= level]
+                    continue
+                kw = keyword_of(item)
+                if kw is None:
+                    raise InvalidInput(f"includefield: unknown attribute {item!r}")
+                include.append(kw)
+        elif name == "limit":
+            limit = _int(key, value)
+        elif name == "offset":
+            offset = _int(key, value)
+        elif name == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise InvalidInput("fuzzymatching must be true or false")
+            fuzzy = value.lower() == "true"
+        elif name in RESERVED:
+            continue
+        else:
+            kw = keyword_of(key.split(".")[0])
+            if kw is None:
+                raise InvalidInput(f"unknown attribute {key!r} (use a DICOM keyword or tag)")
+            if kw not in ATTRIBUTES:
+                ignored.append(kw)
+                continue
+            filters[kw] = value
+    if fuzzy:  # PS3.18 8.3.4.1: fuzzy person names: each typed name may start a component
+        for kw, value in filters.items():
+            if ATTRIBUTES[kw].vr == "PN" and value and not value.endswith("*"):
+                filters[kw] = value + "*"
+    limit = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
+    return QueryRequest(level, filters, include, limit, offset), ignored, fuzzy
+
+
+def _int(key: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{key} must be a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise InvalidInput(f"{key} must be a non-negative integer, got {value!r}")
+    return number
+
+
+def _url(base: str, match: dict[str, Any], level: Level) -> str:
+    url = f"{base}/studies/{match['StudyInstanceUID']}"
+    if level >= Level.SERIES:
+        url += f"/series/{match['SeriesInstanceUID']}"
+    if level >= Level.IMAGE:
+        url += f"/instances/{match['SOPInstanceUID']}"
+    return url
+
+
+def _search(services: Any, caller: Any, base: str, request: Request, level: Level,
+            fixed: dict[str, str]) -> Response:
+    check_uids(*fixed.values())
+    query, ignored, _ = _parse(request, level, fixed)
+    body = [match_json(m, {"RetrieveURL": _url(base, m, level)})
+            for m in services.query.search(caller, query)]
+    headers = {}
+    if ignored:
+        headers["Warning"] = f'299 MINIPACS "The following attributes were ignored: {",".join(ignored)}"'
+    return Response(orjson.dumps(body), media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies", summary="Search for studies")
+def search_studies(request: Request, services: ServicesDep, caller: CallerDep, base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.STUDY, {})
+
+
+@router.get("/series", summary="Search for series")
+def search_series(request: Request, services: ServicesDep, caller: CallerDep, base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.SERIES, {})
+
+
+@router.get("/instances", summary="Search for instances")
+def search_instances(request: Request, services: ServicesDep, caller: CallerDep, base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.IMAGE, {})
+
+
+@router.get("/studies/{study}/series", summary="Search for series of a study")
+def search_study_series(study: str, request: Request, services: ServicesDep, caller: CallerDep,
+                        base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.SERIES, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/instances", summary="Search for instances of a study")
+def search_study_instances(study: str, request: Request, services: ServicesDep, caller: CallerDep,
+                           base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.IMAGE, {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/series/{series}/instances", summary="Search for instances of a series")
+def search_series_instances(study: str, series: str, request: Request, services: ServicesDep,
+                            caller: CallerDep, base: BaseDep) -> Response:
+    return _search(services, caller, base, request, Level.IMAGE,
+                   {"StudyInstanceUID": study, "SeriesInstanceUID": series})
