@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, exists, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import aliased
 
 from pacs.context import Caller
@@ -142,7 +142,7 @@ class QueryService:
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).all()
                 computed = self._computed(conn, request.level, keys, rows)
-        except SQLAlchemyError as exc:
+        except (OperationalError, InterfaceError) as exc:  # unreachable, locked, gone
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
         return (self._match(row, request.level, keys, computed) for row in rows)
 

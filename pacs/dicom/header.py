@@ -82,8 +82,11 @@ def _text(ds: Dataset, keyword: str) -> str:
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    # NUL is padding for UIDs and invalid inside text (PS3.5 6.2); PostgreSQL refuses it
+    return text.replace("\x00", "").strip()
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:

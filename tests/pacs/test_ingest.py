@@ -140,7 +140,7 @@ def test_storage_failure_indexes_nothing(settings: object) -> None:
 
     assert isinstance(settings, Settings)
     if not settings.storage_url.startswith("file://"):
-        pytest.skip("folder-specific fault (S3 faults: tests/e2e/test_faults.py)")
+        pytest.skip("folder-specific fault (S3 and PostgreSQL faults: tests/e2e/test_production.py)")
     services = build_services(settings)
     try:
         root = settings.storage_url.removeprefix("file://")
@@ -205,3 +205,23 @@ def test_every_bundled_transfer_syntax_indexed(services: Services) -> None:
         stored = services.retrieve.instance(CLI, outcome.sop_instance_uid)
         assert services.retrieve.read(stored) == raw, name
     assert _count(services, Instance) == len(names)
+
+
+def test_nul_inside_text_is_dropped(services: Services) -> None:
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    ds.PatientName = "A\x00B"
+    services.ingest.store_instance(CLI, _bytes(ds))
+    with services.engine.connect() as conn:
+        assert conn.execute(select(Patient.patient_name)).scalar_one() == "AB"
+
+
+def test_same_dataset_from_another_source_ae_is_already_stored(services: Services) -> None:
+    from pacs.dicom.header import dataset_offset, part10_bytes
+
+    raw = testdata("CT_small.dcm").read_bytes()
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    body = raw[dataset_offset(raw):]
+    first = part10_bytes(body, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "MODALITY")
+    second = part10_bytes(body, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "ROUTER")
+    assert services.ingest.store_instance(CLI, first).status is StoreStatus.STORED
+    assert services.ingest.store_instance(CLI, second).status is StoreStatus.ALREADY_STORED
