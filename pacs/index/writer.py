@@ -139,6 +139,9 @@ def delete_instance_row(engine: Engine, row_id: int) -> None:
 
 def _hierarchy(conn: Connection, h: InstanceHeader) -> int:
     """Patient, study and series rows for ``h`` (created when missing); the series id."""
+    known = conn.execute(select(Series.id).where(Series.series_uid == h.series_uid)).scalar()
+    if known is not None:  # the common case: the n-th instance of a series
+        return int(known)
     patient_pk, _ = _upsert_id(conn, Patient.__table__, "patient_key", dict(
         patient_key=f"{h.patient_id}\\{h.issuer_of_patient_id}"[:200],
         patient_id=h.patient_id[:64],
