@@ -86,7 +86,8 @@ def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     }
     cfg = work / "orthanc.json"
     cfg.write_text(json.dumps(config))
-    proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=subprocess.DEVNULL,
+    # Orthanc speaks DICOM through DCMTK, which reads TCP_NODELAY from the environment
+    proc = subprocess.Popen(["Orthanc", str(cfg)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
                             stderr=open(work / "orthanc.log", "wb"))
     wait_port(port, proc)
     return proc, port

@@ -96,8 +96,9 @@ def test_serve_stores_stops_on_sigterm_and_keeps_data(tmp_path: Path) -> None:
 
 
 def test_serve_with_two_worker_processes(tmp_path: Path) -> None:
-    from pacs.demo import CT_DEMO, generate_study
     import numpy as np
+
+    from pacs.demo import CT_DEMO, generate_study
 
     srv = Server(tmp_path, PACS_DICOM_WORKERS="2")
     try:
@@ -132,9 +133,9 @@ def test_demo_loads_vietnamese_studies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "rejected 0" in result.stderr
     from pacs.config import Settings
-    from pacs.query import QueryRequest
-    from pacs.index.attributes import Level
     from pacs.context import Caller
+    from pacs.index.attributes import Level
+    from pacs.query import QueryRequest
     from pacs.services import build_services
 
     services = build_services(Settings(data_dir=tmp_path / "data"))

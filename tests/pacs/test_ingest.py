@@ -172,8 +172,9 @@ def test_concurrent_stores_of_one_instance(services: Services) -> None:
 
 
 def test_counters_follow_hierarchy(services: Services) -> None:
-    from pacs.demo import CT_DEMO, generate_study
     import numpy as np
+
+    from pacs.demo import CT_DEMO, generate_study
 
     datasets = generate_study(np.random.default_rng(7), CT_DEMO)
     for ds in datasets:
