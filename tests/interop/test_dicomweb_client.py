@@ -50,7 +50,8 @@ def test_store_search_retrieve_with_dicomweb_client(web: tuple[DICOMwebClient, R
         assert meta[0]["00080018"]["Value"] == [ds.SOPInstanceUID]
         (frame,) = client.retrieve_instance_frames(
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1])
-        if not ds.file_meta.TransferSyntaxUID.is_compressed and ds.file_meta.TransferSyntaxUID.is_little_endian:
+        ts = ds.file_meta.TransferSyntaxUID
+        if not ts.is_compressed and ts.is_little_endian:
             assert frame == ds.PixelData[: len(frame)]
         rendered = client.retrieve_instance_rendered(
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
