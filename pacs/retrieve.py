@@ -45,6 +45,7 @@ class StoredInstance:
     pixel_data_offset: int | None
     pixel_data_length: int | None
     number_of_frames: int
+    bits_allocated: int | None = None
 
 
 @dataclass
@@ -57,7 +58,7 @@ class RetrieveService:
         stmt = (select(Instance.sop_class_uid, Instance.sop_instance_uid, Series.series_uid,
                        Study.study_uid, Instance.transfer_syntax_uid, Instance.storage_key,
                        Instance.size, Instance.pixel_data_offset, Instance.pixel_data_length,
-                       Instance.number_of_frames)
+                       Instance.number_of_frames, Instance.bits_allocated)
                 .join(Series, Instance.series_pk == Series.id)
                 .join(Study, Series.study_pk == Study.id)
                 .join(Patient, Study.patient_pk == Patient.id))
@@ -84,6 +85,15 @@ class RetrieveService:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
         log.info("retrieve %s by %s: %d instance(s)", level.name, caller, len(rows))
         return [StoredInstance(*row) for row in rows]
+
+    def read_range(self, instance: StoredInstance, offset: int, length: int) -> bytes:
+        """``length`` bytes of the stored object from ``offset`` (a frame, without the rest)."""
+        try:
+            return self.store.get_range(instance.storage_key, offset, length)
+        except storage.ObjectNotFound as exc:
+            raise NotFound(f"object of {instance.sop_instance_uid} missing from storage") from exc
+        except storage.StorageError as exc:
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
 
     def instance(self, caller: Caller, sop_instance_uid: str) -> StoredInstance:
         found = self.find_instances(caller, Level.IMAGE, {"SOPInstanceUID": sop_instance_uid})

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pacs import render
 
 log = logging.getLogger(__name__)
+NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
 class NotAcceptableSyntax(InvalidInput):
@@ -132,18 +133,34 @@ class WadoService:
         """Frames (1-based ``numbers``) in the stored syntax or uncompressed."""
         from pacs import frames
 
-        raw = self.retrieve.read(inst)
-        out = []
         for n in numbers:
             if n < 1 or n > max(inst.number_of_frames, 1):
                 raise NotFound(f"frame {n} of {inst.sop_instance_uid} does not exist "
                                f"({inst.number_of_frames} frame(s))")
+        ranged = self._ranged_frames(inst, numbers)
+        if ranged is not None:
+            return ranged
+        raw = self.retrieve.read(inst)
+        out = []
+        for n in numbers:
             if stored:
                 out.append(frames.stored_frame(raw, n - 1, pixel_data_offset=inst.pixel_data_offset,
                                                pixel_data_length=inst.pixel_data_length))
             else:
                 out.append(frames.uncompressed_frame(raw, n - 1))
         return out
+
+    def _ranged_frames(self, inst: StoredInstance, numbers: list[int]) -> list[bytes] | None:
+        """Native little-endian frames read by byte range, without fetching the object
+        (the stored frame is then also the uncompressed one); None when not applicable."""
+        if (inst.transfer_syntax_uid not in NATIVE_LE or inst.pixel_data_offset is None
+                or not inst.pixel_data_length or inst.bits_allocated in (None, 1)):
+            return None
+        size = inst.pixel_data_length // max(inst.number_of_frames, 1)
+        if size == 0 or size % ((inst.bits_allocated or 8) // 8 or 1):
+            return None
+        return [self.retrieve.read_range(inst, inst.pixel_data_offset + (n - 1) * size, size)
+                for n in numbers]
 
     def rendered(self, inst: StoredInstance, frame: int | None,
                  options: render.RenderOptions, thumbnail: bool = False) -> bytes:
