@@ -205,8 +205,8 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest-latest.md").write_text(text)
-    (RESULTS / "ingest-latest.json").write_text(json.dumps(
+    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(json.dumps(
         {"results": results, "medians": med, "instances": args.instances,
          "rounds": args.rounds, "machine": platform.platform()}, indent=2))
 
