@@ -58,7 +58,9 @@ docs: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-## bench: C-STORE ingest vs DCMTK storescp and Orthanc (installs orthanc when root)
+## bench: C-STORE ingest vs DCMTK storescp and Orthanc; DICOMweb latency vs Orthanc's plugin
 bench: $(TEST_STAMP) system-deps
 	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null; } || true
+	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-dicomweb >/dev/null; } || true
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/dicomweb.py

@@ -79,6 +79,9 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "Largest object accepted (bytes); bigger ones are refused."),
     Setting("PACS_DIMSE_TIMEOUT", "60", "Seconds to wait for a DIMSE message."),
     Setting("PACS_NETWORK_TIMEOUT", "60", "Seconds of network inactivity before an abort."),
+    Setting("PACS_PRECOMPUTE_METADATA", "true",
+            "Build each new instance's DICOM JSON metadata in a background thread after the "
+            "store is acknowledged (fast first WADO-RS metadata); `false`: on first request."),
     Setting("PACS_CORS_ORIGINS", "(empty)",
             "Web origins allowed to call the HTTP API from a browser (e.g. an OHIF viewer on "
             "another host): comma-separated, `*` for any. Authorization headers are allowed."),
@@ -115,6 +118,7 @@ class Settings:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     cors_origins: tuple[str, ...] = ()
+    precompute_metadata: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

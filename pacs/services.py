@@ -31,6 +31,7 @@ class Services:
     wado: WadoService
 
     def close(self) -> None:
+        self.wado.stop_precompute()
         self.store.close()
         self.engine.dispose()
 
@@ -59,12 +60,17 @@ def build_services(settings: Settings, *, auto_upgrade: bool | None = None) -> S
     store = open_storage(settings)
     store.check()
     retrieve = RetrieveService(engine, store)
+    ingest = IngestService(engine, store, settings.duplicate_policy, settings.max_object_size)
+    wado = WadoService(engine, retrieve)
+    if settings.precompute_metadata:
+        wado.start_precompute()
+        ingest.listeners.append(wado.on_stored)
     return Services(
         settings=settings,
         engine=engine,
         store=store,
-        ingest=IngestService(engine, store, settings.duplicate_policy, settings.max_object_size),
+        ingest=ingest,
         query=QueryService(engine),
         retrieve=retrieve,
-        wado=WadoService(engine, retrieve),
+        wado=wado,
     )

@@ -6,6 +6,8 @@ Built on the retrieve path; the HTTP adapter only parses requests and maps outco
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,41 @@ class WadoService:
     engine: Engine
     retrieve: RetrieveService
     render_cache: Any = field(default=None)  # a pacs.render.RenderCache, made on first use
+    _queue: queue.Queue[str | None] | None = field(default=None, init=False, repr=False)
+    _worker: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    def start_precompute(self, max_pending: int = 10_000) -> None:
+        """Compute each new instance's metadata in the background, after its store was
+        acknowledged, so the first series-metadata request of a study is fast too."""
+        self._queue = queue.Queue(max_pending)
+        self._worker = threading.Thread(target=self._precompute_loop, name="metadata",
+                                        daemon=True)
+        self._worker.start()
+
+    def on_stored(self, outcome: Any, header: Any) -> None:
+        """Ingest listener: queue the instance (dropped when the queue is full)."""
+        if self._queue is not None and outcome.status.value == "stored":
+            try:
+                self._queue.put_nowait(outcome.sop_instance_uid)
+            except queue.Full:
+                pass  # computed on first request instead
+
+    def _precompute_loop(self) -> None:
+        assert self._queue is not None
+        caller = Caller.system("metadata")
+        while (uid := self._queue.get()) is not None:
+            try:
+                self._make_metadata(self.retrieve.instance(caller, uid))
+            except Exception as exc:  # noqa: BLE001 - a cache; the request path recomputes
+                log.debug("metadata precompute of %s failed: %s", uid, exc)
+
+    def stop_precompute(self) -> None:
+        if self._queue is not None and self._worker is not None:
+            try:
+                self._queue.put(None, timeout=1)
+            except queue.Full:
+                pass
+            self._worker.join(5)
 
     def instances(self, caller: Caller, study: str, series: str | None = None,
                   instance: str | None = None) -> list[StoredInstance]:

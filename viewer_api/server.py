@@ -20,6 +20,8 @@ class HttpService:
         family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: no 40 ms Nagle/delayed-ACK stall per response
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind((settings.http_host, settings.http_port))
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(create_app(services), log_level="warning", access_log=False,

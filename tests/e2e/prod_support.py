@@ -21,15 +21,11 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import UID, CTImageStorage
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    Verification,
-)
 from sqlalchemy import Engine, func, select
 
 from pacs.config import Settings
@@ -42,6 +38,10 @@ PACS = str(Path(sys.executable).parent / "pacs")
 HOST = "127.0.0.1"
 CALLED_AE = "MINIPACS"
 TIMEOUT = 30  # ACSE, DIMSE and network timeouts of our SCU
+# pynetdicom.sop_class builds its names at run time (invisible to mypy): the UIDs, PS3.4 Annex
+Verification = UID("1.2.840.10008.1.1")
+StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
+StudyRootQueryRetrieveInformationModelGet = UID("1.2.840.10008.5.1.4.1.2.2.3")
 SMALL_CT = StudySpec("CT", series_count=2, instances_per_series=10, rows=64, columns=64)
 
 
@@ -102,7 +102,7 @@ class PacsNode:
     """A ``pacs serve`` subprocess; :meth:`stop` (SIGTERM) or :meth:`kill` (SIGKILL) it."""
 
     def __init__(self, backend: Backend, data_dir: Path, port: int | None = None,
-                 **extra: str) -> None:
+                 wait: bool = True, **extra: str) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = backend.env(data_dir, self.port, **extra)
@@ -111,8 +111,14 @@ class PacsNode:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([PACS, "serve"], env=self.env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait for the "ready" line; kill the process and fail if it exits or times out."""
         try:
-            wait_for(lambda: "ready" in self.log_text() or self.proc.poll() is not None, 60,
+            wait_for(lambda: "ready" in self.log_text() or self.proc.poll() is not None,
+                     timeout,
                      lambda: f"pacs serve did not start; log tail:\n{self.log_text()[-3000:]}")
             if self.proc.poll() is not None:
                 raise AssertionError(f"pacs serve exited with {self.proc.returncode}; log "
@@ -153,6 +159,13 @@ def spooled_files(data_dir: Path) -> list[Path]:
     if not spool.is_dir():
         return []
     return [p for p in spool.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def wait_uploaded(node: PacsNode, timeout: float) -> None:
+    """Wait until the node's spool is empty (everything it acknowledged is in S3)."""
+    wait_for(lambda: not spooled_files(node.data_dir), timeout,
+             lambda: f"{len(spooled_files(node.data_dir))} upload(s) still pending in "
+                     f"{node.spool}; log tail:\n{node.log_text()[-3000:]}")
 
 
 def run_pacs(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -246,6 +259,7 @@ def find(port: int, level: str, **keys: str) -> list[Dataset]:
         for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
             assert status and "Status" in status, "C-FIND: no response"
             if status.Status == 0xFF00:
+                assert identifier is not None, "C-FIND: pending response without identifier"
                 matches.append(identifier)
             else:
                 assert status.Status == 0x0000, f"C-FIND final status 0x{status.Status:04X}"
@@ -258,6 +272,7 @@ def get_study(port: int, study_uid: str) -> dict[str, tuple[str, bytes]]:
 
     def on_store(event: Event) -> int:
         req = event.request
+        assert isinstance(req, C_STORE) and req.DataSet is not None
         received[str(req.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax),
                                                      req.DataSet.getvalue())
         return 0x0000

@@ -3,7 +3,9 @@
 1. Two ``pacs serve`` nodes (own data dir and spool, same database and bucket) take four
    DCMTK ``storescu`` pushes of overlapping studies at once: every instance, patient, study
    and series is indexed exactly once, the counters match the rows, each node finds and
-   returns (byte for byte) what the other stored, and ``verify`` is healthy.
+   returns (byte for byte) what the other stored, and ``verify`` is healthy. The same data
+   set arriving at the other node from another AE is an idempotent Success, and two nodes
+   started at once on an empty database both come up.
 2. S3 killed during ingest: with the spool, C-STOREs keep succeeding and every acknowledged
    object reaches the bucket once S3 is back; without it, a C-STORE gets 0xA700, never Success,
    and a resend after the restart succeeds.
@@ -58,6 +60,7 @@ from tests.e2e.prod_support import (
     store_all,
     store_status,
     wait_for,
+    wait_uploaded,
     write_files,
 )
 from tests.infra import InfraError, PostgresServer, SeaweedServer, start_postgres, start_seaweedfs
@@ -116,7 +119,7 @@ def start_node() -> Iterator[Callable[..., PacsNode]]:
     """Start ``pacs serve`` nodes; every one still running is stopped after the test."""
     nodes: list[PacsNode] = []
 
-    def start(backend: Backend, data_dir: Path, **kwargs: str | int) -> PacsNode:
+    def start(backend: Backend, data_dir: Path, **kwargs: str | int | bool) -> PacsNode:
         node = PacsNode(backend, data_dir, **kwargs)  # type: ignore[arg-type]
         nodes.append(node)
         return node
@@ -210,9 +213,7 @@ def test_two_nodes_take_overlapping_pushes_from_four_storescu(
         assert sorted(str(m.SOPInstanceUID) for m in images) == sorted(files)
 
     for node in (node_a, node_b):
-        wait_for(lambda node=node: not spooled_files(node.data_dir), UPLOAD_TIMEOUT,
-                 lambda node=node: f"{len(spooled_files(node.data_dir))} upload(s) pending "
-                                   f"in {node.spool}:\n{node.log_text()[-3000:]}")
+        wait_uploaded(node, UPLOAD_TIMEOUT)
     engine = make_engine(shared.database_url)
     bucket = shared.bucket_store()
     try:
@@ -235,6 +236,19 @@ def test_same_data_set_through_another_ae_and_node_is_already_stored(
     assert store_all(node_a.port, study, ae_title="MODALITY") == [0, 0, 0]
     statuses = store_all(node_b.port, study, ae_title="ROUTER")  # e.g. a forwarding router
     assert statuses == [0, 0, 0], _statuses(statuses)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "product bug (racy, fails about 3 times in 4): pacs.index.db.ensure_schema has no lock, so "
+    "two nodes starting at once on an empty PostgreSQL database both run the initial migration "
+    "and one exits with IntegrityError (pg_type_typname_nsp_index)"))
+def test_two_nodes_started_at_once_on_a_fresh_database_both_come_up(
+        shared: Backend, start_node: Callable[..., PacsNode], tmp_path: Path) -> None:
+    node_a = start_node(shared, tmp_path / "node-a", wait=False)
+    node_b = start_node(shared, tmp_path / "node-b", wait=False)
+    node_a.wait_ready()
+    node_b.wait_ready()
+    assert (echo(node_a.port), echo(node_b.port)) == (0, 0)
 
 
 # -- 2. S3 down during ingest ----------------------------------------------------------------
@@ -399,9 +413,7 @@ def test_sigkilled_node_resumes_uploads_of_everything_acknowledged(
 
     private_s3.restart()
     again = start_node(backend, data_dir, port=node.port)
-    wait_for(lambda: not spooled_files(data_dir), UPLOAD_TIMEOUT,
-             lambda: f"{len(spooled_files(data_dir))} upload(s) still spooled:\n"
-                     f"{again.log_text()[-3000:]}")
+    wait_uploaded(again, UPLOAD_TIMEOUT)
     engine = make_engine(backend.database_url)
     bucket = backend.bucket_store()
     try:
@@ -415,7 +427,7 @@ def test_sigkilled_node_resumes_uploads_of_everything_acknowledged(
     finally:
         bucket.close()
         engine.dispose()
-    wait_for(lambda: not spooled_files(data_dir), UPLOAD_TIMEOUT, "resent objects not uploaded")
+    wait_uploaded(again, UPLOAD_TIMEOUT)
     assert again.stop() == 0
     result = run_pacs(again.env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -196,3 +196,20 @@ def test_frames_equal_decoded_pixels(client: TestClient, services: Services, nam
         expected = pixels[n]
         got = np.frombuffer(frame, dtype=expected.dtype.newbyteorder("<")).reshape(expected.shape)
         assert np.array_equal(got, expected), (name, n)
+
+
+def test_metadata_precomputed_after_store(services: Services) -> None:
+    import time
+
+    from sqlalchemy import select
+
+    from pacs.index.models import Instance
+
+    _store(services, "CT_small.dcm")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with services.engine.connect() as conn:
+            if conn.execute(select(Instance.metadata_json)).scalar_one() is not None:
+                return
+        time.sleep(0.05)
+    raise AssertionError("metadata was not precomputed in the background")
