@@ -89,7 +89,7 @@ class IngestService:
         try:
             raced = writer.insert_instance(write_engine(self.engine), header, obj)
         except SQLAlchemyError as exc:
-            self._discard(key)
+            self._discard_unless_indexed(key, header.sop_instance_uid)
             log.error("index unavailable storing %s: %s", header.sop_instance_uid, exc)
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
         except BaseException:
@@ -156,6 +156,16 @@ class IngestService:
         except storage.StorageError as exc:
             log.error("storage unavailable writing %s: %s", key, exc)
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+
+    def _discard_unless_indexed(self, key: str, sop_instance_uid: str) -> None:
+        """After an index error the COMMIT may still have landed: keep the bytes unless the
+        index surely does not point at them (an orphan is repairable, a loss is not)."""
+        try:
+            row = self._lookup(sop_instance_uid)
+        except StorageUnavailable:
+            return
+        if row is None or row.storage_key != key:
+            self._discard(key)
 
     def _discard(self, key: str) -> None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import pydicom
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.errors import InvalidInput
@@ -40,5 +41,8 @@ def transcode(raw: bytes, wanted: str) -> bytes:
     if str(ds.file_meta.TransferSyntaxUID) == wanted:
         return raw
     out = BytesIO()
-    decoded_dataset(raw, wanted).save_as(out, enforce_file_format=True)
+    decoded = decoded_dataset(raw, wanted)
+    # big endian sources: the values were swapped above, so force the new encoding
+    dcmwrite(out, decoded, force_encoding=True,
+             implicit_vr=wanted == str(ImplicitVRLittleEndian), little_endian=True)
     return out.getvalue()

@@ -76,7 +76,7 @@ class SpooledStore:
                 with self._lock:
                     self._pending.discard(key)
                     self._lock.notify_all()
-            except StorageError as exc:
+            except Exception as exc:  # noqa: BLE001 - an upload thread must never die
                 log.warning("upload of %s failed (%s); retrying in %.1f s", key, exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 from pacs.errors import ConfigError
@@ -23,6 +23,7 @@ from pacs.errors import ConfigError
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_OPTION = "pacs_write"
+SCHEMA_LOCK = 0x5041435301  # pg_advisory_lock key of schema creation/upgrade
 
 
 def make_engine(url: str) -> Engine:
@@ -97,6 +98,20 @@ def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     A database behind the code is upgraded when ``auto_upgrade`` (the embedded default) and
     refused with a clear message otherwise (run ``pacs db upgrade``).
     """
+    if engine.dialect.name == "postgresql":
+        # several nodes starting together on an empty database: one creates the schema
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+            try:
+                _ensure(engine, auto_upgrade)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
+                conn.commit()
+        return
+    _ensure(engine, auto_upgrade)
+
+
+def _ensure(engine: Engine, auto_upgrade: bool) -> None:
     current = current_revision(engine)
     head = head_revision()
     if current == head:
