@@ -3,8 +3,14 @@ DCMTK ``storescp`` (the ceiling: no index), Orthanc (Debian package) and our arc
 embedded pair and on PostgreSQL + S3 (SeaweedFS), alternating targets, with 1 and 4
 associations. Prints a table of medians with ratios to Orthanc, writes JSON and Markdown.
 
+Our archive runs as ``pacs serve`` with its deployment defaults (one DICOM process per core,
+``PACS_MAX_PDU``), and the benchmark waits until every worker process accepts associations.
+PostgreSQL runs with ``fsync``/``synchronous_commit`` on, as in production. The resident
+memory of our archive's processes (all of them, summed) is sampled during each push.
+
 Run with ``make bench`` (installs orthanc/dcmtk when root). Options: ``--instances``,
-``--rounds``, ``--quick``.
+``--rounds``, ``--quick``, ``--targets`` (e.g. ``--instances 10000 --rounds 1 --targets
+pacs-embedded`` for the memory check), ``--pacs-env KEY=VALUE`` (experiments).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.infra import free_port, start_postgres, start_seaweedfs  # noqa: E402
+from tests.infra import PostgresServer, free_port, start_postgres, start_seaweedfs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -99,11 +106,78 @@ def pacs_starter(extra_env: dict[str, str]) -> Callable[[Path], tuple[subprocess
         env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
         env.update(PACS_DATA_DIR=str(work / "data"), PACS_DICOM_HOST="127.0.0.1",
                    PACS_DICOM_PORT=str(port), PACS_HTTP_PORT="0", PACS_LOG_LEVEL="WARNING", **extra_env)
+        log = work / "pacs.log"
         proc = subprocess.Popen([str(Path(sys.executable).parent / "pacs"), "serve"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(work / "pacs.log", "wb"))
+                                stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
         wait_port(port, proc)
+        # "ready" is printed once every DICOM worker process accepts associations
+        deadline = time.monotonic() + 120
+        while "ready" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pacs serve did not get ready: {log.read_text()[-500:]}")
+            time.sleep(0.1)
         return proc, port
     return start
+
+
+def durable_postgres(pg: PostgresServer) -> None:
+    """Restart the test cluster (started with fsync off) with PostgreSQL's durable defaults."""
+    pg.stop()
+    options = (f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {pg.base_dir}"
+               " -c fsync=on -c synchronous_commit=on -c full_page_writes=on")
+    result = pg._pg_ctl("-l", str(pg.log_path), "-w", "-t", "60", "-o", options, "start")
+    if result.returncode != 0:
+        raise RuntimeError(f"PostgreSQL restart failed: {result.stderr}")
+    pg.running = True
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident set size (bytes) of ``pid`` and all its descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class RssSampler:
+    """Samples the summed RSS of a process tree every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(_tree_rss(self.pid))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(_tree_rss(self.pid))
+
+    def summary(self) -> dict[str, float]:
+        mib = [s / 2**20 for s in self.samples if s] or [0.0]
+        return {"start_mib": round(mib[0], 1), "end_mib": round(mib[-1], 1),
+                "peak_mib": round(max(mib), 1)}
 
 
 def push(port: int, ae_title: str, folders: list[Path]) -> float:
@@ -132,67 +206,95 @@ def make_data(work: Path, instances: int, parts: int) -> list[Path]:
     return folders
 
 
+ALL_TARGETS = ("storescp", "orthanc", "pacs-embedded", "pacs-postgres-s3")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="200 instances, 1 round")
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS),
+                        help="comma-separated subset of " + ", ".join(ALL_TARGETS))
+    parser.add_argument("--assoc", default="1,4", help="association counts to run (1, 4 or both)")
+    parser.add_argument("--pacs-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra PACS_* setting for our archive (experiments)")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     args = parser.parse_args()
     if args.quick:
         args.instances, args.rounds = 200, 1
+    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    assocs = [a.strip() for a in args.assoc.split(",") if a.strip() in ("1", "4")]
+    extra = dict(item.split("=", 1) for item in args.pacs_env)
     work = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
     print(f"generating {args.instances} CT instances (512x512) in {work}", flush=True)
-    data1 = make_data(work / "data1", args.instances, 1)
-    data4 = make_data(work / "data4", args.instances, 4)
-    pg = start_postgres(work / "pg")
-    s3 = start_seaweedfs(work / "s3")
+    data = {a: make_data(work / f"data{a}", args.instances, int(a)) for a in assocs}
+    pg = s3 = None
+    if "pacs-postgres-s3" in wanted:
+        pg = start_postgres(work / "pg")
+        durable_postgres(pg)
+        s3 = start_seaweedfs(work / "s3")
     targets = [
         Target("storescp", "STORESCP", start_storescp),
         Target("orthanc", "ORTHANC", start_orthanc),
-        Target("pacs-embedded", "MINIPACS", pacs_starter({"PACS_DICOM_WORKERS": "2"})),
+        Target("pacs-embedded", "MINIPACS", pacs_starter(extra)),
     ]
     if shutil.which("Orthanc") is None:
         print("Orthanc not installed (apt-get install orthanc): skipped", flush=True)
-        targets = [t for t in targets if t.name != "orthanc"]
-    results: dict[str, dict[str, list[float]]] = {t.name: {"1": [], "4": []} for t in targets}
-    results["pacs-postgres-s3"] = {"1": [], "4": []}
+        wanted = [t for t in wanted if t != "orthanc"]
+    targets = [t for t in targets if t.name in wanted]
+    results: dict[str, dict[str, list[float]]] = {n: {a: [] for a in assocs} for n in wanted}
+    memory: dict[str, dict[str, list[dict[str, float]]]] = {
+        n: {a: [] for a in assocs} for n in wanted if n.startswith("pacs")}
     try:
         for rnd in range(args.rounds):
-            for assoc, folders in (("1", data1), ("4", data4)):
+            for assoc in assocs:
                 run_targets = list(targets)
-                db = pg.create_database()
-                bucket = f"bench-{rnd}-{assoc}"
-                run_targets.append(Target("pacs-postgres-s3", "MINIPACS", pacs_starter({
-                    "PACS_DICOM_WORKERS": "2", "PACS_DATABASE_URL": db,
-                    "PACS_STORAGE_URL": f"s3://{bucket}", "PACS_S3_ENDPOINT": s3.endpoint,
-                    "PACS_S3_ACCESS_KEY": s3.access_key, "PACS_S3_SECRET_KEY": s3.secret_key})))
+                if pg is not None and s3 is not None:
+                    run_targets.append(Target("pacs-postgres-s3", "MINIPACS", pacs_starter({
+                        "PACS_DATABASE_URL": pg.create_database(),
+                        "PACS_STORAGE_URL": f"s3://bench-{rnd}-{assoc}",
+                        "PACS_S3_ENDPOINT": s3.endpoint, "PACS_S3_ACCESS_KEY": s3.access_key,
+                        "PACS_S3_SECRET_KEY": s3.secret_key, **extra})))
                 for target in run_targets:
                     tdir = work / f"{target.name}-{rnd}-{assoc}"
                     tdir.mkdir()
                     proc, port = target.start(tdir)
+                    sampler = RssSampler(proc.pid)
                     try:
-                        secs = push(port, target.ae_title, folders)
+                        with sampler:
+                            secs = push(port, target.ae_title, data[assoc])
                     finally:
                         stop(proc)
                     rate = args.instances / secs
                     results[target.name][assoc].append(rate)
-                    print(f"round {rnd + 1} {assoc} assoc {target.name:18s} {rate:7.1f} inst/s",
-                          flush=True)
+                    line = f"round {rnd + 1} {assoc} assoc {target.name:18s} {rate:7.1f} inst/s"
+                    if target.name in memory:
+                        rss = sampler.summary()
+                        memory[target.name][assoc].append(rss)
+                        line += (f"  RSS start {rss['start_mib']:.0f} / end {rss['end_mib']:.0f}"
+                                 f" / peak {rss['peak_mib']:.0f} MiB")
+                    print(line, flush=True)
                     shutil.rmtree(tdir, ignore_errors=True)
     finally:
-        s3.stop()
-        pg.stop()
-    report(results, args)
+        if s3 is not None:
+            s3.stop()
+        if pg is not None:
+            pg.stop()
+    report(results, memory, args)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
+def report(results: dict[str, dict[str, list[float]]],
+           memory: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> None:
     med = {n: {a: statistics.median(v) for a, v in r.items() if v} for n, r in results.items()}
     ref = med.get("orthanc", {})
     lines = [f"# Ingest benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; {args.instances} CT instances 512x512, "
-             f"{args.rounds} round(s), medians; storescu with TCP_NODELAY=1.", "",
+             f"{args.rounds} round(s), medians; storescu with TCP_NODELAY=1. Our archive: "
+             f"`pacs serve` defaults{' + ' + ' '.join(args.pacs_env) if args.pacs_env else ''}.",
+             "",
              "| target | 1 assoc (inst/s) | ratio to Orthanc | 4 assoc (inst/s) | ratio to Orthanc |",
              "|---|---|---|---|---|"]
     for name, r in med.items():
@@ -202,13 +304,24 @@ def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace)
             ratio = f"{v / ref[a]:.2f}x" if v and ref.get(a) else "-"
             cells += [f"{v:.1f}" if v else "-", ratio]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(runs for per in memory.values() for runs in per.values()):
+        lines += ["", "Resident memory of the archive (all its processes, MiB) during each push:",
+                  "", "| target | assoc | start | end | peak |", "|---|---|---|---|---|"]
+        for name, per in memory.items():
+            for a, runs in per.items():
+                for rss in runs:
+                    lines.append(f"| {name} | {a} | {rss['start_mib']:.0f} | {rss['end_mib']:.0f}"
+                                 f" | {rss['peak_mib']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.no_save:
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(
-        {"results": results, "medians": med, "instances": args.instances,
-         "rounds": args.rounds, "machine": platform.platform()}, indent=2))
+        {"results": results, "medians": med, "memory_mib": memory, "instances": args.instances,
+         "rounds": args.rounds, "pacs_env": args.pacs_env, "machine": platform.platform()},
+        indent=2))
 
 
 if __name__ == "__main__":

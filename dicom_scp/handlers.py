@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
-from dicom_scp import sender
+from dicom_scp import receive, sender
 from dicom_scp.status import (
     CANCEL,
     FIND_STATUS,
@@ -69,16 +69,33 @@ def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
+def handle_conn_open_scp(event: Event, services: Services) -> None:
+    """A peer connected to our listener: TCP_NODELAY, and C-STORE data sets spooled (in
+    memory when small, in ``<data dir>/tmp`` when big; see :mod:`dicom_scp.receive`)."""
+    handle_conn_open(event)
+    receive.install(event.assoc, services.settings.data_dir / "tmp",
+                    services.settings.max_object_size)
+
+
 def handle_store(event: Event, services: Services) -> int:
     """C-STORE: Success only once the object is durable and indexed (PS3.4 B.2.3)."""
     caller = caller_of(event)
     req = event.request
+    received = req.DataSet
     try:
-        data = req.DataSet.getvalue() if req.DataSet is not None else b""
-        if not data:
-            raise InvalidInput("empty data set")
-        part10 = part10_bytes(data, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
-                              event.context.transfer_syntax, caller.name)
+        if isinstance(received, receive.ReceivedDataset):
+            if received.too_large:
+                raise InvalidInput(f"object of {received.received} bytes exceeds the limit of "
+                                   f"{received.limit} bytes")
+            if received.length <= received.meta_length:
+                raise InvalidInput("empty data set")
+            part10: bytes | BinaryIO = received.part10()
+        else:  # the whole message came in one P-DATA: never spooled
+            data = received.getvalue() if received is not None else b""
+            if not data:
+                raise InvalidInput("empty data set")
+            part10 = part10_bytes(data, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
+                                  event.context.transfer_syntax, caller.name)
         services.ingest.store_instance(caller, part10,
                                        expected_sop_instance_uid=req.AffectedSOPInstanceUID,
                                        expected_sop_class_uid=req.AffectedSOPClassUID)
@@ -90,6 +107,9 @@ def handle_store(event: Event, services: Services) -> int:
     except Exception:  # noqa: BLE001 - never crash an association; the modality resends
         log.exception("C-STORE %s from %s: unexpected error", req.AffectedSOPInstanceUID, caller)
         return STORE_OUT_OF_RESOURCES
+    finally:
+        if received is not None:
+            received.close()  # drops the spool (memory or temporary file)
     return SUCCESS
 
 
@@ -182,7 +202,7 @@ def _instances(event: Event, services: Services) -> list[sender.StoredDataset]:
     model = event.request.AffectedSOPClassUID
     level = _level(identifier, model, model in _PATIENT_ROOT)
     found = services.retrieve.find_instances(caller_of(event), level, _retrieve_keys(identifier))
-    return [sender.StoredDataset(inst, services.retrieve.read) for inst in found]
+    return [sender.StoredDataset(inst, services.retrieve.stream) for inst in found]
 
 
 def handle_move(event: Event, services: Services) -> Iterator[Any]:

@@ -3,15 +3,17 @@
 An object goes out byte-for-byte as stored when the peer accepted a presentation context
 with its transfer syntax; otherwise it is decoded and encoded again in a native syntax the peer
 accepted (decompressed, VR made explicit or implicit, byte order swapped as needed).
-pynetdicom encodes every dataset it sends, so both paths build the C-STORE primitive
-themselves (``_send_raw``), installed per association with :func:`install`.
+pynetdicom encodes every dataset it sends, so both paths build the C-STORE message
+themselves, installed per association with :func:`install`: the stored bytes are streamed
+from storage in P-DATA fragments after the command set (``_send_stream``, never whole in
+memory); a transcoded object is decoded and encoded in memory (``_send_raw``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, cast
 
@@ -21,25 +23,32 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
-from pacs.dicom.header import dataset_offset
+from pacs.dicom.header import META_PREFIX, dataset_offset
+from pacs.dicom.source import ChunkReader
 from pacs.retrieve import StoredInstance
 
 log = logging.getLogger(__name__)
 NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+MAX_QUEUED_BYTES = 4 << 20  # P-DATA waiting to be written to the socket, per association
+UNLIMITED_FRAGMENT = 1 << 20  # fragment size when the peer sets no maximum PDU length
 
 
 class StoredDataset(Dataset):
-    """A placeholder Dataset that carries a stored object's bytes to :func:`send_stored`.
+    """A placeholder Dataset that carries a stored object to our ``send_c_store``.
 
     pynetdicom's C-MOVE/C-GET machinery only passes :class:`Dataset` objects along, so the
-    raw bytes travel inside one; only our patched ``send_c_store`` ever reads them.
+    object's reader travels inside one; only our patched ``send_c_store`` ever reads it.
     """
 
-    def __init__(self, instance: StoredInstance, loader: Callable[[StoredInstance], bytes]):
+    def __init__(self, instance: StoredInstance,
+                 loader: Callable[[StoredInstance], Iterator[bytes]]):
         super().__init__()
         self.SOPClassUID = instance.sop_class_uid
         self.SOPInstanceUID = instance.sop_instance_uid
@@ -48,8 +57,9 @@ class StoredDataset(Dataset):
         object.__setattr__(self, "_pacs_instance", instance)
         object.__setattr__(self, "_pacs_loader", loader)
 
-    def load(self) -> bytes:
-        loader = cast(Callable[[StoredInstance], bytes],
+    def open(self) -> Iterator[bytes]:
+        """The stored object (Part 10, File Meta included), in chunks."""
+        loader = cast(Callable[[StoredInstance], Iterator[bytes]],
                       object.__getattribute__(self, "_pacs_loader"))
         return loader(object.__getattribute__(self, "_pacs_instance"))
 
@@ -59,10 +69,8 @@ def _accepted(assoc: Association, sop_class: str) -> list[PresentationContext]:
             if cx.abstract_syntax == sop_class and cx.as_scu]
 
 
-def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, data: bytes,
-              msg_id: int, priority: int, originator_aet: str | None,
-              originator_id: int | None) -> Dataset:
-    """One C-STORE whose data set is ``data``, already encoded in ``cx``'s syntax."""
+def _store_request(ds: StoredDataset, msg_id: int, priority: int, originator_aet: str | None,
+                   originator_id: int | None) -> C_STORE:
     req = C_STORE()
     req.MessageID = msg_id
     req.Priority = priority
@@ -70,13 +78,17 @@ def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, da
     req.MoveOriginatorMessageID = originator_id
     req.AffectedSOPClassUID = ds.SOPClassUID
     req.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    req.DataSet = BytesIO(data)
-    # the same hand-over to the DIMSE layer as Association.send_c_store (pynetdicom 3.0)
+    return req
+
+
+def _exchange(assoc: Association, send: Callable[[], None]) -> Dataset:
+    """Send one C-STORE request with ``send`` and wait for its response, with the same
+    hand-over to the DIMSE layer as Association.send_c_store (pynetdicom 3.0)."""
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
-        assoc.dimse.send_msg(req, cast(int, cx.context_id))
+        send()
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
@@ -84,6 +96,49 @@ def _send_raw(assoc: Association, cx: PresentationContext, ds: StoredDataset, da
         assoc._handle_no_response()
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+def _send_raw(assoc: Association, cx: PresentationContext, req: C_STORE, data: bytes) -> Dataset:
+    """One C-STORE whose data set is ``data``, already encoded in ``cx``'s syntax."""
+    req.DataSet = BytesIO(data)
+    return _exchange(assoc, lambda: assoc.dimse.send_msg(req, cast(int, cx.context_id)))
+
+
+def _send_stream(assoc: Association, cx: PresentationContext, req: C_STORE,
+                 data_set: ChunkReader) -> Dataset:
+    """One C-STORE whose data set is read from ``data_set`` (already in ``cx``'s syntax) and
+    sent fragment by fragment (PS3.8 E.2), never whole in memory: at most
+    :data:`MAX_QUEUED_BYTES` of P-DATA wait in pynetdicom's (unbounded) send queue."""
+    context_id = cast(int, cx.context_id)
+    max_pdu = assoc.dimse.maximum_pdu_size
+    size = max_pdu - 6 if max_pdu else UNLIMITED_FRAGMENT
+    max_queued = max(4, MAX_QUEUED_BYTES // size)
+    dul = assoc.dul
+
+    def send() -> None:
+        message = C_STORE_RQ()
+        message.primitive_to_message(req)  # no DataSet: the command set alone...
+        message.command_set.CommandDataSetType = 0x0001  # ...announcing one
+        message.context_id = context_id
+        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+        for pdata in message.encode_msg(context_id, max_pdu):
+            dul.send_pdu(pdata)
+        fragment = data_set.read(size)
+        while True:
+            following = data_set.read(size)
+            pdata = P_DATA()
+            control = b"\x00" if following else b"\x02"  # data set, last fragment or not
+            pdata.presentation_data_value_list.append((context_id, control + fragment))
+            while dul.to_provider_queue.qsize() > max_queued and assoc.is_established:
+                time.sleep(0.001)
+            if not assoc.is_established:
+                return  # aborted or released under us: no response will come
+            dul.send_pdu(pdata)
+            if not following:
+                return
+            fragment = following
+
+    return _exchange(assoc, send)
 
 
 # Values of these VRs are kept as bytes by pydicom and never byte-swapped when it writes in the
@@ -135,21 +190,26 @@ def install(assoc: Association) -> None:
                      originator_id: int | None = None) -> Dataset:
         if not isinstance(dataset, StoredDataset):
             return original(dataset, msg_id, priority, originator_aet, originator_id)
-        raw = dataset.load()
         accepted = _accepted(assoc, dataset.SOPClassUID)
         ts = str(dataset.file_meta.TransferSyntaxUID)
         same = next((cx for cx in accepted if cx.transfer_syntax[0] == ts), None)
-        if same is not None:
-            return _send_raw(assoc, same, dataset, raw[dataset_offset(raw):], msg_id, priority,
-                             originator_aet, originator_id)
-        if not accepted:
-            raise ValueError(f"peer accepted no context for {dataset.SOPClassUID}")
-        cx, data = _transcode(raw, accepted)
+        req = _store_request(dataset, msg_id, priority, originator_aet, originator_id)
+        chunks = dataset.open()
+        try:
+            if same is not None:
+                reader = ChunkReader(chunks)
+                reader.skip(dataset_offset(reader.read(META_PREFIX)) - META_PREFIX)
+                return _send_stream(assoc, same, req, reader)
+            if not accepted:
+                raise ValueError(f"peer accepted no context for {dataset.SOPClassUID}")
+            # decoding needs the whole object: a transcoded object is held in memory
+            cx, data = _transcode(b"".join(chunks), accepted)
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
         log.info("transcoded %s from %s to %s for %s", dataset.SOPInstanceUID, ts,
                  cx.transfer_syntax[0],
                  assoc.requestor.ae_title if assoc.is_acceptor else assoc.acceptor.ae_title)
-        return _send_raw(assoc, cx, dataset, data, msg_id, priority, originator_aet,
-                         originator_id)
+        return _send_raw(assoc, cx, req, data)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
 

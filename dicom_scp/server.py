@@ -58,7 +58,7 @@ def make_ae(settings: Settings) -> AE:
 
 def _handlers(services: Services) -> list[Any]:
     return [
-        (evt.EVT_CONN_OPEN, handlers.handle_conn_open),
+        (evt.EVT_CONN_OPEN, handlers.handle_conn_open_scp, [services]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [services]),
         (evt.EVT_C_FIND, handlers.handle_find, [services]),

@@ -9,10 +9,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -56,8 +57,24 @@ def _services(settings: Settings):  # type: ignore[no-untyped-def]
         raise
 
 
-def _worker(settings: Settings) -> None:
-    """A DICOM service process sharing the port with its siblings (SO_REUSEPORT)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when ``pacs serve`` dies, even by SIGKILL: an
+    orphaned worker would go on acknowledging objects on the shared port (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _worker(settings: Settings, ready: Any = None, parent_pid: int | None = None) -> None:
+    """A DICOM service process sharing the port with its siblings (SO_REUSEPORT); sets
+    ``ready`` (a multiprocessing Event) once it accepts associations, and dies with
+    ``parent_pid``."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -70,9 +87,25 @@ def _worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service.start()
+    if ready is not None:
+        ready.set()
     stop.wait()
     service.stop()
     services.close()
+
+
+def _wait_ready(children: list[multiprocessing.process.BaseProcess], events: list[Any],
+                timeout: float = 120.0) -> None:
+    """Wait until every worker process accepts associations (so "ready" means all of them)."""
+    deadline = time.monotonic() + timeout
+    for proc, ready in zip(children, events, strict=True):
+        while not ready.wait(0.2):
+            if not proc.is_alive():
+                console.print(f"[red]DICOM worker {proc.name} exited with {proc.exitcode}[/red]")
+                return
+            if time.monotonic() > deadline:
+                console.print(f"[yellow]DICOM worker {proc.name} not ready after {timeout:.0f} s[/yellow]")
+                return
 
 
 @app.command()
@@ -90,17 +123,22 @@ def serve(
         _import_datasets(services, _demo_part10(2026, 6), "demo")
     from dicom_scp.server import DicomService
 
-    reuse = settings.dicom_workers > 1
+    workers = settings.dicom_process_count()
+    reuse = workers > 1
     service = DicomService(services, reuse_port=reuse)
     children: list[multiprocessing.process.BaseProcess] = []
+    ready_events: list[Any] = []
     if reuse:
         from dataclasses import replace
-        child_settings = replace(settings, dicom_port=service.port)
+        child_settings = replace(settings, dicom_port=service.port, dicom_workers=1)
         ctx = multiprocessing.get_context("spawn")
-        for n in range(settings.dicom_workers - 1):
-            proc = ctx.Process(target=_worker, args=(child_settings,), name=f"dicom-{n + 2}")
+        for n in range(workers - 1):
+            ready = ctx.Event()
+            proc = ctx.Process(target=_worker, args=(child_settings, ready, os.getpid()),
+                               name=f"dicom-{n + 2}")
             proc.start()
             children.append(proc)
+            ready_events.append(ready)
     from viewer_api.server import HttpService
 
     http = HttpService(services)
@@ -109,9 +147,10 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service.start()
     http.start()
+    _wait_ready(children, ready_events)
     console.print(
         f"[green]mini-PACS ready[/green]: DICOM AE [bold]{settings.ae_title}[/bold] on "
-        f"{settings.dicom_host}:{service.port} ({settings.dicom_workers} process(es)); "
+        f"{settings.dicom_host}:{service.port} ({workers} process(es)); "
         f"DICOMweb http://{settings.http_host}:{http.port}/dicomweb; "
         f"index {_safe_url(settings.database_url)}; storage {services.store.url}")
     sys.stderr.flush()

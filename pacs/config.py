@@ -71,8 +71,10 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "Same SOP Instance UID with different content: `reject` (keep the first copy, "
             "answer C-STORE failure 0xC0D1) or `overwrite` (replace it). Identical resends "
             "always succeed. See docs/adr/0002-duplicates.md."),
-    Setting("PACS_DICOM_WORKERS", "1",
-            "Number of DICOM service processes sharing the port (SO_REUSEPORT)."),
+    Setting("PACS_DICOM_WORKERS", "0",
+            "Number of DICOM service processes sharing the port (SO_REUSEPORT); `0`: one per "
+            "CPU core. pynetdicom decodes PDUs in Python, so one process is bound to one core "
+            "(see docs/performance.md)."),
     Setting("PACS_MAX_PDU", "131072", "Maximum PDU size we receive (bytes; 0: unlimited)."),
     Setting("PACS_MAX_ASSOCIATIONS", "32", "Maximum concurrent associations per process."),
     Setting("PACS_MAX_OBJECT_SIZE", "4294967296",
@@ -111,7 +113,7 @@ class Settings:
     remote_aes: tuple[RemoteAE, ...] = ()
     require_known_aes: bool = False
     duplicate_policy: str = "reject"
-    dicom_workers: int = 1
+    dicom_workers: int = 0
     max_pdu: int = 131072
     max_associations: int = 32
     max_object_size: int = 4 * 1024**3
@@ -137,8 +139,17 @@ class Settings:
                 f"PACS_DUPLICATE_POLICY must be 'reject' or 'overwrite', "
                 f"got {self.duplicate_policy!r}"
             )
-        if self.dicom_workers < 1:
-            raise ConfigError("PACS_DICOM_WORKERS must be at least 1")
+        if self.dicom_workers < 0:
+            raise ConfigError("PACS_DICOM_WORKERS must be 0 (one per CPU core) or more")
+
+    def dicom_process_count(self) -> int:
+        """DICOM service processes to run: ``dicom_workers``, or one per CPU core when 0."""
+        if self.dicom_workers:
+            return self.dicom_workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
     def remote_ae(self, ae_title: str) -> RemoteAE | None:
         """The configured peer with this AE title, if any."""

@@ -19,13 +19,16 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 import storage
 from pacs.context import Caller
-from pacs.dicom.header import InstanceHeader, dataset_offset, parse_header
+from pacs.dicom.header import META_PREFIX, InstanceHeader, dataset_offset
+from pacs.dicom.source import ChunkReader, Source, open_source
 from pacs.errors import DuplicateConflict, InvalidInput, StorageFull, StorageUnavailable
 from pacs.index import writer
 from pacs.index.db import writer as write_engine
@@ -68,24 +71,35 @@ class IngestService:
     max_object_size: int = 4 * 1024**3
     listeners: list[Listener] = field(default_factory=list)
 
-    def store_instance(self, caller: Caller, part10: bytes,
+    def store_instance(self, caller: Caller, part10: bytes | BinaryIO | Path, length: int = -1,
                        expected_sop_instance_uid: str | None = None,
                        expected_sop_class_uid: str | None = None,
                        expected_study_uid: str | None = None) -> StoreOutcome:
-        """Store one Part 10 object. Raises a domain error; never leaves half a store behind."""
-        if len(part10) > self.max_object_size:
-            raise InvalidInput(f"object of {len(part10)} bytes exceeds the limit of "
+        """Store one Part 10 object. Raises a domain error; never leaves half a store behind.
+
+        ``part10`` is the object's bytes, a file path, or a seekable binary stream positioned at
+        the object's start with ``length`` bytes (-1: up to its end). A stream or file is never
+        read whole into memory: the header is parsed from its head, the SHA-256 computed while
+        the store writes it, a duplicate compared chunk by chunk.
+        """
+        with open_source(part10, length) as source:
+            return self._store(caller, source, expected_sop_instance_uid,
+                               expected_sop_class_uid, expected_study_uid)
+
+    def _store(self, caller: Caller, source: Source, sop_instance: str | None,
+               sop_class: str | None, study: str | None) -> StoreOutcome:
+        if source.length > self.max_object_size:
+            raise InvalidInput(f"object of {source.length} bytes exceeds the limit of "
                                f"{self.max_object_size} bytes")
-        header, _ = parse_header(part10)
-        self._check_expected(header, expected_sop_instance_uid, expected_sop_class_uid,
-                             expected_study_uid)
-        digest = hashlib.sha256(part10).hexdigest()
+        header = source.header()
+        self._check_expected(header, sop_instance, sop_class, study)
         existing = self._lookup(header.sop_instance_uid)
         if existing is not None:
-            return self._duplicate(caller, header, part10, digest, existing)
+            return self._duplicate(caller, header, source, source.sha256(), existing)
         key = new_storage_key()
-        self._put(key, part10)
-        obj = writer.NewObject(key, len(part10), digest, caller.name if caller.kind == "dicom" else "")
+        digest = self._put(key, source)
+        obj = writer.NewObject(key, source.length, digest,
+                               caller.name if caller.kind == "dicom" else "")
         try:
             raced = writer.insert_instance(write_engine(self.engine), header, obj)
         except SQLAlchemyError as exc:
@@ -97,7 +111,7 @@ class IngestService:
             raise
         if raced is not None:  # another process stored it between our lookup and insert
             self._discard(key)
-            return self._duplicate(caller, header, part10, digest, raced)
+            return self._duplicate(caller, header, source, digest, raced)
         return self._done(caller, header, StoreStatus.STORED)
 
     def _check_expected(self, h: InstanceHeader, sop_instance: str | None,
@@ -119,9 +133,9 @@ class IngestService:
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
 
-    def _duplicate(self, caller: Caller, header: InstanceHeader, part10: bytes, digest: str,
+    def _duplicate(self, caller: Caller, header: InstanceHeader, source: Source, digest: str,
                    existing: writer.StoredRow) -> StoreOutcome:
-        if existing.sha256 == digest or self._same_dataset(existing, part10):
+        if existing.sha256 == digest or self._same_dataset(existing, source):
             return self._done(caller, header, StoreStatus.ALREADY_STORED)
         if self.duplicate_policy != "overwrite":
             log.warning("refused %s from %s: SOP Instance UID already stored with other content",
@@ -130,8 +144,9 @@ class IngestService:
                 f"SOP Instance UID {header.sop_instance_uid} is already stored with different "
                 "content (duplicate policy: reject)")
         key = new_storage_key()
-        self._put(key, part10)
-        obj = writer.NewObject(key, len(part10), digest, caller.name if caller.kind == "dicom" else "")
+        self._put(key, source)
+        obj = writer.NewObject(key, source.length, digest,
+                               caller.name if caller.kind == "dicom" else "")
         try:
             writer.replace_instance(write_engine(self.engine), header, obj, existing)
         except SQLAlchemyError as exc:
@@ -140,17 +155,40 @@ class IngestService:
         self._discard(existing.storage_key)
         return self._done(caller, header, StoreStatus.REPLACED)
 
-    def _same_dataset(self, existing: writer.StoredRow, part10: bytes) -> bool:
-        """Same data set, different File Meta (e.g. another Source AE Title): a resend."""
+    def _same_dataset(self, existing: writer.StoredRow, source: Source) -> bool:
+        """Same data set, different File Meta (e.g. another Source AE Title): a resend.
+
+        Compared chunk by chunk after both File Meta headers, never loading either object."""
         try:
-            stored = self.store.get(existing.storage_key)
-            return stored[dataset_offset(stored):] == part10[dataset_offset(part10):]
+            key = existing.storage_key
+            stored_offset = dataset_offset(self.store.get_range(key, 0, META_PREFIX))
+            offset = source.dataset_offset()
+            if self.store.size(key) - stored_offset != source.length - offset:
+                return False
+            stored = ChunkReader(self.store.iter_chunks(key))
+            stored.skip(stored_offset)
+            for chunk in source.chunks(offset):
+                if stored.read(len(chunk)) != chunk:
+                    return False
+            return stored.read(1) == b""
         except (storage.StorageError, InvalidInput):
             return False
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, source: Source) -> str:
+        """Write the object under ``key``; its SHA-256, computed while the store reads it."""
         try:
-            self.store.put(key, data)
+            if source.data is not None:
+                self.store.put(key, source.data)
+                return hashlib.sha256(source.data).hexdigest()
+            reader = source.hashing_reader()
+            self.store.put(key, reader, source.length)  # type: ignore[arg-type]
+            try:
+                return reader.hexdigest()
+            except InvalidInput:
+                self._discard(key)
+                raise
+        except ValueError as exc:  # the stream ended before its announced length
+            raise InvalidInput(f"truncated object: {exc}") from exc
         except storage.StorageFull as exc:
             raise StorageFull(str(exc)) from exc
         except storage.StorageError as exc:

@@ -10,7 +10,7 @@ QIDO-RS needs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +144,10 @@ class QueryService:
                 computed = self._computed(conn, request.level, keys, rows)
         except (OperationalError, InterfaceError) as exc:  # unreachable, locked, gone
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
-        return (self._match(row, request.level, keys, computed) for row in rows)
+        if not rows:
+            return iter(())
+        plan = self._plan(request.level, keys, computed, rows[0]._fields)
+        return ({keyword: get(row) for keyword, get in plan} for row in rows)
 
     def _statement(self, request: QueryRequest, keys: list[str]) -> Select[Any]:
         stmt = _base(request.level, keys)
@@ -199,19 +202,45 @@ class QueryService:
                 out[key] = {patient_pk: c[index] for patient_pk, c in counts.items()}
         return out
 
-    def _match(self, row: Any, level: Level, keys: list[str],
-               computed: dict[str, dict[int, Any]]) -> Match:
-        values = row._mapping
-        match: Match = {}
+    @staticmethod
+    def _plan(level: Level, keys: list[str], computed: dict[str, dict[int, Any]],
+              fields: Sequence[str]) -> list[tuple[str, Callable[[Any], Any]]]:
+        """How each returned key gets its value from a row, decided once per query."""
+        plan: list[tuple[str, Callable[[Any], Any]]] = []
+        index = {name: i for i, name in enumerate(fields)}
         for keyword in keys:
             attr = ATTRIBUTES.get(keyword)
-            if attr is None or attr.level > level:
-                match[keyword] = None
+            if attr is None or attr.level > level or (keyword not in computed
+                                                      and attr.column is None):
+                plan.append((keyword, _none))
             elif keyword in computed:
-                owner = values["_study_pk" if keyword == "ModalitiesInStudy" else "_patient_pk"]
-                match[keyword] = computed[keyword].get(owner) or None
-            elif attr.column is None:
-                match[keyword] = None
+                owner = "_study_pk" if keyword == "ModalitiesInStudy" else "_patient_pk"
+                plan.append((keyword, _computed_getter(computed[keyword], index[owner])))
+            elif attr.vr == "TM":
+                plan.append((keyword, _time_getter(index[keyword])))
             else:
-                match[keyword] = _format(attr.vr, values[keyword])
-        return match
+                plan.append((keyword, _plain_getter(index[keyword])))
+        return plan
+
+
+def _none(_row: Any) -> None:
+    return None
+
+
+def _computed_getter(values: dict[int, Any], owner: int) -> Callable[[Any], Any]:
+    def get(row: Any) -> Any:
+        return values.get(row[owner]) or None
+    return get
+
+
+def _plain_getter(column: int) -> Callable[[Any], Any]:
+    def get(row: Any) -> Any:
+        value = row[column]
+        return None if value is None or value == "" else value
+    return get
+
+
+def _time_getter(column: int) -> Callable[[Any], Any]:
+    def get(row: Any) -> Any:
+        return _format("TM", row[column])
+    return get

@@ -3,13 +3,14 @@
 :meth:`RetrieveService.find_instances` resolves the unique keys of a retrieve request
 (PS3.4 C.4.2.1.4 / C.4.3.1.4: PatientID, StudyInstanceUID, SeriesInstanceUID and
 SOPInstanceUID, the UIDs possibly as lists) to stored instances; :meth:`read` returns the
-object exactly as it was received.
+object exactly as it was received, :meth:`stream` the same in chunks.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,22 +103,48 @@ class RetrieveService:
         return found[0]
 
     def read(self, instance: StoredInstance) -> bytes:
-        """The object's Part 10 bytes, exactly as stored.
+        """The object's Part 10 bytes, exactly as stored (whole in memory: for small objects
+        and decoding; :meth:`stream` for sending it on)."""
+        return b"".join(self.stream(instance))
 
-        With an eventually consistent store (S3 behind another node's spool) an object that
-        node just acknowledged may not have landed yet: wait for it a little."""
+    def stream(self, instance: StoredInstance, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's Part 10 bytes exactly as stored, in chunks, never whole in memory.
+
+        The first chunk is fetched here, so a missing object raises :class:`NotFound` before
+        anything is sent. With an eventually consistent store (S3 behind another node's
+        spool) an object that node just acknowledged may not have landed yet: wait for it a
+        little. A storage failure later on raises :class:`StorageUnavailable` mid-stream."""
         waits = [0.1, 0.2, 0.5, 1.0, 2.0, 2.0, 4.0] if getattr(
             self.store, "eventually_consistent", False) else []
         try:
-            for delay in waits:
+            for delay in [*waits, None]:
+                chunks = self.store.iter_chunks(instance.storage_key, chunk_size)
                 try:
-                    return self.store.get(instance.storage_key)
+                    first = next(chunks, b"")
+                    break
                 except storage.ObjectNotFound:
+                    if delay is None:
+                        raise
                     time.sleep(delay)
-            return self.store.get(instance.storage_key)
         except storage.ObjectNotFound as exc:
             log.error("object %s of %s is missing from storage", instance.storage_key,
                       instance.sop_instance_uid)
             raise NotFound(f"object of {instance.sop_instance_uid} missing from storage") from exc
         except storage.StorageError as exc:
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        return self._rest(instance, first, chunks)
+
+    @staticmethod
+    def _rest(instance: StoredInstance, first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            if first:
+                yield first
+            yield from chunks
+        except storage.StorageError as exc:
+            log.error("reading %s of %s failed: %s", instance.storage_key,
+                      instance.sop_instance_uid, exc)
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 
 import storage
+from pacs.dicom.source import ChunkReader, HashingReader
+from pacs.errors import InvalidInput
 from pacs.index.models import Instance
 
 log = logging.getLogger(__name__)
@@ -109,20 +111,32 @@ def migrate_storage(engine: Engine, source: storage.ObjectStore, target: storage
     copy's hash. Idempotent: objects already present with the right hash are skipped."""
     report = MigrationReport()
     target.check()  # reachable, writable, folder/bucket created
-    for uid, key, sha, _size in _indexed(engine):
+    for uid, key, sha, size in _indexed(engine):
         try:
-            if target.exists(key) and hashlib.sha256(target.get(key)).hexdigest() == sha:
+            if target.exists(key) and _sha256(target, key) == sha:
                 report.already_there += 1
-            else:
-                data = source.get(key)
-                if hashlib.sha256(data).hexdigest() != sha:
+            else:  # streamed: a 1 GB object is never whole in memory
+                reader = HashingReader(ChunkReader(source.iter_chunks(key)), size)  # type: ignore[arg-type]
+                target.put(key, reader, size)  # type: ignore[arg-type]
+                try:
+                    matches = reader.hexdigest() == sha
+                except InvalidInput:
+                    matches = False
+                if not matches:
+                    target.delete(key)
                     raise storage.StorageError("source object does not match its hash")
-                target.put(key, data)
-                if hashlib.sha256(target.get(key)).hexdigest() != sha:
+                if _sha256(target, key) != sha:
                     raise storage.StorageError("copy does not match its hash")
                 report.copied += 1
-        except storage.StorageError as exc:
+        except (storage.StorageError, ValueError) as exc:  # ValueError: source too short
             report.failed.append((uid, f"{type(exc).__name__}: {exc}"))
         if progress:
             progress(1)
     return report
+
+
+def _sha256(store: storage.ObjectStore, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in store.iter_chunks(key):
+        digest.update(chunk)
+    return digest.hexdigest()

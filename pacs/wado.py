@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,16 @@ class WadoService:
         value = ds[number].value
         return value if isinstance(value, bytes) else str(value).encode()
 
+    def stream(self, inst: StoredInstance, transfer_syntax: str | None
+               ) -> tuple[Iterator[bytes], int]:
+        """Part 10 bytes in chunks and their length: the stored object streamed as is
+        (``None``, ``*`` or the stored syntax), or transcoded to ``transfer_syntax`` (decoded
+        and encoded in memory)."""
+        if transfer_syntax in (None, "*", inst.transfer_syntax_uid):
+            return self.retrieve.stream(inst), inst.size
+        data = self.read(inst, transfer_syntax)
+        return iter((data,)), len(data)
+
     def read(self, inst: StoredInstance, transfer_syntax: str | None) -> bytes:
         """Part 10 bytes, as stored (``None`` or ``*``) or in ``transfer_syntax``."""
         raw = self.retrieve.read(inst)
@@ -154,7 +165,10 @@ class WadoService:
         return join_metadata(texts, base)
 
     def _make_metadata(self, inst: StoredInstance) -> str:
-        raw = self.retrieve.read(inst)
+        if inst.pixel_data_offset is not None:  # the header alone, not a 1 GB object
+            raw = self.retrieve.read_range(inst, 0, inst.pixel_data_offset)
+        else:  # no pixel data found at ingest (none, or deflated): a small object
+            raw = self.retrieve.read(inst)
         ds = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
         text = instance_metadata(ds, f"{BASE}{instance_path(inst)}/bulkdata",
                                  inst.pixel_data_offset is not None or _has_pixels(raw))

@@ -2,8 +2,9 @@
 
 One ``Minio`` client (thread-safe) per store, on an urllib3 pool with short connect timeouts and
 few retries, so a dead endpoint gives :class:`StorageUnavailable` within seconds instead of
-minio's default five-minute timeouts. Streams of unknown length go up as a multipart upload in
-``part_size`` parts (at most about two parts in memory); an S3 PUT is atomic, so readers never
+minio's default five-minute timeouts. Streams larger than ``part_size`` go up as a multipart
+upload in ``part_size`` parts, one at a time (at most about two parts in memory, whatever the
+object's size); an S3 PUT is atomic, so readers never
 see a partly overwritten object. The bucket is created on first use.
 """
 
@@ -219,10 +220,13 @@ class S3Store:
         if isinstance(data, bytes | bytearray | memoryview):
             stream, size = io.BytesIO(data), memoryview(data).nbytes
         else:
-            stream, size = cast(BinaryIO, _Source(data, length)), -1
+            stream, size = cast(BinaryIO, _Source(data, length)), max(length, -1)
         with self._mapped(key):
+            # one part at a time: minio's parallel uploads queue parts without bound, so a
+            # stream read faster than the network would end up whole in memory
             self._client.put_object(
-                self._bucket, name, stream, size, part_size=self._options.part_size
+                self._bucket, name, stream, size, part_size=self._options.part_size,
+                num_parallel_uploads=1,
             )
 
     def delete(self, key: str) -> None:

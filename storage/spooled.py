@@ -35,6 +35,7 @@ class SpooledStore:
         self.remote = remote
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._pending: set[str] = set()
+        self._cancelled: set[str] = set()  # deleted while queued or uploading
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._max_backoff = max_backoff
@@ -67,20 +68,26 @@ class SpooledStore:
                 return
             try:
                 self._upload(key)
+                with self._lock:
+                    cancelled = key in self._cancelled
+                if cancelled:  # deleted while we uploaded: our copy landed after its delete
+                    self.remote.delete(key)
                 self.spool.delete(key)
                 backoff = 0.5
-                with self._lock:
-                    self._pending.discard(key)
-                    self._lock.notify_all()
+                self._done(key)
             except ObjectNotFound:  # deleted meanwhile
-                with self._lock:
-                    self._pending.discard(key)
-                    self._lock.notify_all()
+                self._done(key)
             except Exception as exc:  # noqa: BLE001 - an upload thread must never die
                 log.warning("upload of %s failed (%s); retrying in %.1f s", key, exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 self._queue.put(key)
+
+    def _done(self, key: str) -> None:
+        with self._lock:
+            self._pending.discard(key)
+            self._cancelled.discard(key)
+            self._lock.notify_all()
 
     def _upload(self, key: str) -> None:
         """Stream the spool file to the remote store (never whole in memory)."""
@@ -143,6 +150,11 @@ class SpooledStore:
         return self.spool.exists(key) or self.remote.exists(key)
 
     def delete(self, key: str) -> None:
+        """Remove the object; an upload of it in flight removes its remote copy when it lands
+        (it would otherwise recreate the object after this delete: an orphan)."""
+        with self._lock:
+            if key in self._pending:
+                self._cancelled.add(key)
         self.spool.delete(key)
         self.remote.delete(key)
 

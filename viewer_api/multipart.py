@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 from typing import IO
 
 from python_multipart.multipart import MultipartParser
@@ -26,12 +27,17 @@ def related_content_type(part_type: str, boundary: str, transfer_syntax: str | N
         f'type="{part_type}"', f'type="{part_type}"{ts}')
 
 
-def write_parts(parts: Iterable[tuple[bytes, dict[str, str]]], boundary: str) -> Iterator[bytes]:
-    """Yield a multipart/related body part by part (each part's bytes produced lazily)."""
+def write_parts(parts: Iterable[tuple[bytes | Iterable[bytes], dict[str, str]]],
+                boundary: str) -> Iterator[bytes]:
+    """Yield a multipart/related body part by part; a part's body is bytes or an iterable of
+    chunks, streamed as it comes (each part's bytes produced lazily)."""
     for body, headers in parts:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         yield f"--{boundary}\r\n{head}\r\n".encode()
-        yield body
+        if isinstance(body, bytes | bytearray | memoryview):
+            yield bytes(body)
+        else:
+            yield from body
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
 
@@ -47,24 +53,43 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     return media.lower(), out
 
 
+class TooLarge:
+    """Marks a part whose body exceeded the size limit: the rest of it was discarded."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
 class _Collector:
-    def __init__(self) -> None:
-        self.parts: list[tuple[dict[str, str], IO[bytes]]] = []
+    def __init__(self, tmp_dir: Path | None, max_part_size: int) -> None:
+        self.parts: list[tuple[dict[str, str], IO[bytes] | TooLarge]] = []
         self._headers: dict[str, str] = {}
         self._field = b""
         self._value = b""
         self._file: IO[bytes] | None = None
+        self._size = 0
+        self._tmp_dir = tmp_dir
+        self._max = max_part_size
 
     def on_part_begin(self) -> None:
         self._headers = {}
-        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self._size = 0
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self._tmp_dir)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        assert self._file is not None
+        self._size += end - start
+        if self._file is None:
+            return  # too large: discarded
+        if 0 <= self._max < self._size:
+            self._file.close()
+            self._file = None
+            return
         self._file.write(data[start:end])
 
     def on_part_end(self) -> None:
-        assert self._file is not None
+        if self._file is None:
+            self.parts.append((self._headers, TooLarge(self._size)))
+            return
         self._file.seek(0)
         self.parts.append((self._headers, self._file))
         self._file = None
@@ -79,18 +104,38 @@ class _Collector:
         self._headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
         self._field = self._value = b""
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        for _, body in self.parts:
+            if not isinstance(body, TooLarge):
+                body.close()
 
-async def read_parts(content_type: str, body: AsyncIterator[bytes]) -> list[tuple[dict[str, str], IO[bytes]]]:
-    """The parts of a multipart/related body: (headers, file positioned at 0) each."""
+
+async def read_parts(content_type: str, body: AsyncIterator[bytes], tmp_dir: Path | None = None,
+                     max_part_size: int = -1
+                     ) -> list[tuple[dict[str, str], IO[bytes] | TooLarge]]:
+    """The parts of a multipart/related body: (headers, file positioned at 0) each.
+
+    Each part is spooled while the body is parsed: in memory up to ``SPOOL_IN_MEMORY`` bytes,
+    then in an anonymous temporary file in ``tmp_dir``. A part longer than ``max_part_size``
+    (-1: no limit) is discarded as it arrives and listed as :class:`TooLarge`. The caller
+    closes the files."""
     media, params = parse_content_type(content_type)
     if media != "multipart/related" or "boundary" not in params:
         raise UnsupportedMediaType("expected multipart/related with a boundary")
-    collector = _Collector()
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    collector = _Collector(tmp_dir, max_part_size)
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
         "on_header_end")}
     parser = MultipartParser(params["boundary"], callbacks)  # type: ignore[arg-type]
-    async for chunk in body:
-        parser.write(chunk)
-    parser.finalize()
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException:
+        collector.close()
+        raise
     return collector.parts

@@ -3,12 +3,14 @@ engine (the same matching as C-FIND)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from pacs.dicomjson import keyword_of, match_json
+from pacs.dicomjson import _pn, element, keyword_of, tag_hex
 from pacs.errors import InvalidInput
 from pacs.index.attributes import ATTRIBUTES, Level
 from pacs.query import QueryRequest
@@ -83,12 +85,55 @@ def _url(base: str, match: dict[str, Any], level: Level) -> str:
     return url
 
 
+_INTEGER_VRS = frozenset(("IS", "SL", "SS", "UL", "US", "UV", "SV"))
+_DECIMAL_VRS = frozenset(("DS", "FL", "FD"))
+_CHARSET = {"vr": "CS", "Value": ["ISO_IR 192"]}
+Converter = Callable[[Any], dict[str, Any]]
+
+
+@cache
+def _attribute(keyword: str) -> tuple[str, Converter] | None:
+    """Tag and value converter of a keyword, looked up once per process instead of once per
+    value: the same DICOM JSON as ``pacs.dicomjson.element`` (PS3.18 F.2)."""
+    try:
+        tag, vr = tag_hex(keyword), element(keyword, None)["vr"]
+    except KeyError:
+        return None
+    empty = {"vr": vr}
+    cast: Callable[[Any], Any] = (int if vr in _INTEGER_VRS else float if vr in _DECIMAL_VRS
+                                  else (lambda v: _pn(str(v))) if vr == "PN" else str)
+
+    def convert_plain(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return empty
+        if isinstance(value, list):
+            return {"vr": vr, "Value": [cast(v) for v in value]}
+        return {"vr": vr, "Value": [cast(value)]}
+    return tag, convert_plain
+
+
+def _results(matches: Iterable[dict[str, Any]], base: str, level: Level) -> list[dict[str, Any]]:
+    """QIDO-RS result objects, attributes sorted by tag (PS3.18 F.2.1); one plan per request."""
+    out: list[dict[str, Any]] = []
+    plan: list[tuple[str, str, Converter | None]] | None = None
+    for match in matches:
+        if plan is None:
+            keys = {kw: _attribute(kw) for kw in [*match, "RetrieveURL"]}
+            known = [(a[0], kw, a[1]) for kw, a in keys.items() if a is not None]
+            known.append(("00080005", "", None))  # SpecificCharacterSet: always UTF-8
+            plan = sorted({tag: (tag, kw, conv) for tag, kw, conv in known}.values())
+        url = _url(base, match, level)
+        out.append({tag: (_CHARSET if convert is None else
+                          convert(url if kw == "RetrieveURL" else match[kw]))
+                    for tag, kw, convert in plan})
+    return out
+
+
 def _search(services: Any, caller: Any, base: str, request: Request, level: Level,
             fixed: dict[str, str]) -> Response:
     check_uids(*fixed.values())
     query, ignored, _ = _parse(request, level, fixed)
-    body = [match_json(m, {"RetrieveURL": _url(base, m, level)})
-            for m in services.query.search(caller, query)]
+    body = _results(services.query.search(caller, query), base, level)
     headers = {}
     if ignored:
         headers["Warning"] = f'299 MINIPACS "The following attributes were ignored: {",".join(ignored)}"'

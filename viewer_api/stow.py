@@ -1,19 +1,25 @@
-"""STOW-RS (PS3.18 10.5): store instances through the same ingest path as C-STORE."""
+"""STOW-RS (PS3.18 10.5): store instances through the same ingest path as C-STORE.
+
+Each part is spooled while the body is parsed (in memory when small, in ``<data dir>/tmp``
+when big) and ingested from its file, never whole in memory; a part over
+``PACS_MAX_OBJECT_SIZE`` is discarded as it arrives and reported failed (0xC000 class).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from dicom_scp.status import STORE_CANNOT_UNDERSTAND, STORE_STATUS, status_for
 from pacs.context import Caller
-from pacs.dicom.header import parse_header
+from pacs.dicom.header import parse_header_file
 from pacs.errors import InvalidInput, PacsError
 from pacs.services import Services
 from viewer_api.deps import BaseDep, CallerDep, ServicesDep, check_uids
-from viewer_api.multipart import parse_content_type, read_parts
+from viewer_api.multipart import TooLarge, parse_content_type, read_parts
 
 router = APIRouter(tags=["STOW-RS"])
 
@@ -23,35 +29,57 @@ def _sop_item(sop_class: str, sop_instance: str) -> dict[str, Any]:
             "00081155": {"vr": "UI", "Value": [sop_instance]} if sop_instance else {"vr": "UI"}}
 
 
+def _failed_uids(body: IO[bytes]) -> tuple[str, str]:
+    """For the failure report: the SOP Class and Instance UIDs of a part, if readable."""
+    try:
+        body.seek(0)
+        header, _ = parse_header_file(body, body.seek(0, 2))  # type: ignore[arg-type]
+        return header.sop_class_uid, header.sop_instance_uid
+    except (InvalidInput, OSError):
+        return "", ""
+
+
+def _store_part(services: Services, caller: Caller, base: str, study: str | None,
+                headers: dict[str, str], body: IO[bytes] | TooLarge) -> tuple[bool, dict[str, Any]]:
+    """Ingest one part from its spool file: (stored?, its ReferencedSOPSequence or
+    FailedSOPSequence item)."""
+    media, _ = parse_content_type(headers.get("content-type", "application/dicom"))
+    try:
+        if isinstance(body, TooLarge):
+            raise InvalidInput(f"object of more than {services.ingest.max_object_size} bytes "
+                               "exceeds the limit")
+        if media != "application/dicom":
+            raise InvalidInput(f"part of type {media!r}: only application/dicom is accepted")
+        outcome = services.ingest.store_instance(caller, body,
+                                                 expected_study_uid=study)
+    except PacsError as exc:
+        sop_class, sop_instance = ("", "") if isinstance(body, TooLarge) else _failed_uids(body)
+        item = _sop_item(sop_class, sop_instance)
+        item["00081197"] = {"vr": "US", "Value": [
+            status_for(STORE_STATUS, exc, STORE_CANNOT_UNDERSTAND)]}
+        return False, item
+    item = _sop_item(outcome.sop_class_uid, outcome.sop_instance_uid)
+    item["00081190"] = {"vr": "UR", "Value": [
+        f"{base}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
+        f"/instances/{outcome.sop_instance_uid}"]}
+    return True, item
+
+
 async def _store(request: Request, services: Services, caller: Caller, base: str,
                  study: str | None) -> Response:
-    parts = await read_parts(request.headers.get("content-type", ""), request.stream())
+    parts = await read_parts(request.headers.get("content-type", ""), request.stream(),
+                             services.settings.data_dir / "tmp", services.ingest.max_object_size)
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    for headers, body in parts:
-        media, _ = parse_content_type(headers.get("content-type", "application/dicom"))
-        data = body.read()
-        body.close()
-        sop_class = sop_instance = ""
-        try:
-            if media != "application/dicom":
-                raise InvalidInput(f"part of type {media!r}: only application/dicom is accepted")
-            try:  # for the failure report: which instance was it?
-                header, _ = parse_header(data)
-                sop_class, sop_instance = header.sop_class_uid, header.sop_instance_uid
-            except InvalidInput:
-                pass
-            outcome = services.ingest.store_instance(caller, data, expected_study_uid=study)
-            item = _sop_item(outcome.sop_class_uid, outcome.sop_instance_uid)
-            item["00081190"] = {"vr": "UR", "Value": [
-                f"{base}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
-                f"/instances/{outcome.sop_instance_uid}"]}
-            referenced.append(item)
-        except PacsError as exc:
-            item = _sop_item(sop_class, sop_instance)
-            item["00081197"] = {"vr": "US", "Value": [
-                status_for(STORE_STATUS, exc, STORE_CANNOT_UNDERSTAND)]}
-            failed.append(item)
+    try:
+        for headers, body in parts:
+            stored, item = await run_in_threadpool(_store_part, services, caller, base, study,
+                                                   headers, body)
+            (referenced if stored else failed).append(item)
+    finally:
+        for _, body in parts:
+            if not isinstance(body, TooLarge):
+                body.close()
     body_json: dict[str, Any] = {}
     if study:
         body_json["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}

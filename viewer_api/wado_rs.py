@@ -50,12 +50,12 @@ def _multipart_instances(services: Services, found: list[StoredInstance],
                          ts: str | None) -> StreamingResponse:
     boundary = new_boundary()
 
-    def parts() -> Iterator[tuple[bytes, dict[str, str]]]:
-        for inst in found:
-            data = services.wado.read(inst, ts)
-            yield data, {"Content-Type": "application/dicom" + (
+    def parts() -> Iterator[tuple[Iterator[bytes], dict[str, str]]]:
+        for inst in found:  # each object streamed from storage when no transcoding is needed
+            chunks, length = services.wado.stream(inst, ts)
+            yield chunks, {"Content-Type": "application/dicom" + (
                 f";transfer-syntax={ts or inst.transfer_syntax_uid}"),
-                "Content-Length": str(len(data))}
+                "Content-Length": str(length)}
 
     if ts is not None:
         for inst in found:  # refuse before streaming starts

@@ -4,6 +4,7 @@ the stable image links EMR systems keep."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
 from pacs import render
 from pacs.errors import InvalidInput
@@ -35,9 +36,10 @@ def wado_uri(
     inst = services.wado.instances(caller, studyUID, seriesUID, objectUID)[0]
     media = contentType.split(",")[0].strip()
     if media == "application/dicom":
-        data = services.wado.read(inst, transferSyntax)
-        return Response(data, media_type="application/dicom", headers={
-            "Content-Disposition": f'attachment; filename="{objectUID}.dcm"'})
+        chunks, length = services.wado.stream(inst, transferSyntax)  # as stored: streamed
+        return StreamingResponse(chunks, media_type="application/dicom", headers={
+            "Content-Disposition": f'attachment; filename="{objectUID}.dcm"',
+            "Content-Length": str(length)})
     if media not in ("image/jpeg", "image/png"):
         raise InvalidInput(f"contentType {media!r}: use application/dicom, image/jpeg or image/png")
     if (windowCenter is None) != (windowWidth is None):

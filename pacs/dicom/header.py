@@ -3,7 +3,8 @@
 :func:`parse_header` turns the bytes of a DICOM Part 10 file (PS3.10 7.1) into an
 :class:`InstanceHeader`: the attributes the index needs plus where the pixel data sits, so a
 frame can later be a ranged read. :func:`part10_bytes` wraps a dataset received over DIMSE
-with a File Meta Information header without touching the dataset bytes.
+with a File Meta Information header without touching the dataset bytes
+(:func:`file_meta_bytes` writes the header alone, so the data set can follow as a stream).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -28,6 +29,8 @@ _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _SEQ_DELIM_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
+_TAIL = 4096  # where an encapsulated Pixel Data's sequence delimiter must be
+META_PREFIX = 144  # preamble, DICM and the group length element: enough for dataset_offset
 
 
 @dataclass(frozen=True)
@@ -99,44 +102,59 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _pixel_location(raw: bytes, pos: int, little: bool, implicit: bool) -> tuple[int | None, int | None]:
+def _pixel_location(head: bytes, pos: int, total: int, tail: bytes, little: bool,
+                    implicit: bool) -> tuple[int | None, int | None]:
     """Offset and length of the Pixel Data value starting at ``pos`` (None, None when absent).
 
-    A length of None means encapsulated (undefined length). Raises InvalidInput when the
-    pixel data is truncated.
+    ``head`` holds the (at least 12) bytes of the object from ``pos``, ``tail`` its last bytes
+    and ``total`` its length, so the object itself never needs to be in memory. A length of
+    None means encapsulated (undefined length). Raises InvalidInput when the pixel data is
+    truncated.
     """
-    tag = raw[pos:pos + 4]
+    tag = head[:4]
     if tag != (_PIXEL_TAG_LE if little else _PIXEL_TAG_BE):
         return None, None
     endian = "<" if little else ">"
-    if not implicit and not raw[pos + 4:pos + 6].isalpha():
+    if not implicit and not head[4:6].isalpha():
         implicit = True  # mislabelled files: the element is in fact implicit VR
     if implicit:
-        (length,) = struct.unpack(endian + "I", raw[pos + 4:pos + 8])
+        (length,) = struct.unpack(endian + "I", head[4:8])
         value_offset = pos + 8
     else:
-        (length,) = struct.unpack(endian + "I", raw[pos + 8:pos + 12])
+        (length,) = struct.unpack(endian + "I", head[8:12])
         value_offset = pos + 12
     if length == _UNDEFINED:
-        if _SEQ_DELIM_LE not in raw[-4096:]:
+        if _SEQ_DELIM_LE not in tail:
             raise InvalidInput("truncated data: encapsulated Pixel Data has no sequence delimiter")
         return value_offset, None
-    if value_offset + length > len(raw):
+    if value_offset + length > total:
         raise InvalidInput(
-            f"truncated data: Pixel Data needs {length} bytes, {len(raw) - value_offset} present"
+            f"truncated data: Pixel Data needs {length} bytes, {total - value_offset} present"
         )
     return value_offset, length
 
 
 def parse_header(raw: bytes) -> tuple[InstanceHeader, Dataset]:
     """Parse a Part 10 file's header. Raises :class:`InvalidInput` on anything unusable."""
-    fp = io.BytesIO(raw)
+    return parse_header_file(io.BytesIO(raw), len(raw))
+
+
+def parse_header_file(fp: BinaryIO, total: int) -> tuple[InstanceHeader, Dataset]:
+    """:func:`parse_header` of a seekable Part 10 stream of ``total`` bytes, starting at its
+    current position (returned there): only the header and the last 4 KiB are read, so a
+    1 GB object never sits whole in memory."""
+    start = fp.tell()
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        pos = fp.tell()
+        pos = fp.tell() - start
+        head = fp.read(12)
+        fp.seek(start + max(total - _TAIL, 0))
+        tail = fp.read(_TAIL)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
             struct.error, NotImplementedError, OverflowError, AttributeError) as exc:
         raise InvalidInput(f"unreadable DICOM data: {exc}") from None
+    finally:
+        fp.seek(start)
     meta = getattr(ds, "file_meta", None)
     ts = clean_uid(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not is_valid_uid(ts):
@@ -155,7 +173,7 @@ def parse_header(raw: bytes) -> tuple[InstanceHeader, Dataset]:
         else:
             implicit, little = ds.original_encoding
             offset, length = _pixel_location(
-                raw, pos,
+                head, pos, total, tail,
                 tsuid.is_little_endian if little is None else little,
                 tsuid.is_implicit_VR if implicit is None else implicit,
             )
@@ -210,9 +228,10 @@ def _build_header(ds: Dataset, uids: dict[str, str], ts: str,
     )
 
 
-def part10_bytes(dataset: bytes, sop_class_uid: str, sop_instance_uid: str,
-                 transfer_syntax_uid: str, source_ae: str = "") -> bytes:
-    """A Part 10 file: preamble, ``DICM``, File Meta Information, then ``dataset`` unchanged."""
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                    source_ae: str = "") -> bytes:
+    """Preamble, ``DICM`` and File Meta Information (PS3.10 7.1) for a data set received over
+    DIMSE: write these, then the data set bytes unchanged, and the result is a Part 10 file."""
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
@@ -225,8 +244,14 @@ def part10_bytes(dataset: bytes, sop_class_uid: str, sop_instance_uid: str,
     buf = io.BytesIO()
     buf.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    buf.write(dataset)
     return buf.getvalue()
+
+
+def part10_bytes(dataset: bytes, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax_uid: str, source_ae: str = "") -> bytes:
+    """A Part 10 file: preamble, ``DICM``, File Meta Information, then ``dataset`` unchanged."""
+    return file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax_uid,
+                           source_ae) + dataset
 
 
 def dataset_offset(raw: bytes) -> int:

@@ -1,22 +1,45 @@
-"""Writing to the index: one short transaction per instance, race-safe upserts.
+"""Writing to the index: short transactions shared by concurrent stores, race-safe upserts.
 
-Patient, study and series rows are created with ``INSERT .. ON CONFLICT DO NOTHING`` on their
-unique keys and then read back, so concurrent archive processes create each exactly once.
-The instance row's unique SOP Instance UID decides which of two racing stores wins.
+An instance costs one statement in the common case: ``INSERT .. SELECT`` of its row under its
+series (found by Series Instance UID in the same statement) ``ON CONFLICT DO NOTHING``. Only
+when that inserts nothing does the writer look further: the SOP Instance UID is already
+indexed (a resend, or a racing store that won), or the series is new, and then patient, study
+and series rows are created with ``INSERT .. ON CONFLICT DO NOTHING`` on their unique keys
+and read back, so concurrent archive processes create each exactly once. The instance
+counters of series and studies are updated once per series and study of a transaction.
+
+Stores running at once in one process share a transaction (group commit,
+:mod:`pacs.index.groupcommit`): one commit and one fsync for all of them; each caller returns
+only after the transaction holding its row committed.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import Pool
+from sqlalchemy.sql.dml import Insert, Update
 
 from pacs.dicom.header import InstanceHeader
+from pacs.index.db import WRITE_OPTION, write_lock
+from pacs.index.groupcommit import GroupCommitter, Item
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.index.timefmt import normalise_date, normalise_time
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 64  # instances per group-commit transaction
+_COMMITTERS: weakref.WeakKeyDictionary[Pool, GroupCommitter[Any, Any]] = weakref.WeakKeyDictionary()
+_COMMITTERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -56,11 +79,52 @@ def _upsert_id(conn: Connection, table: Table, key_col: str, values: dict[str, A
     return int(found), False
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The per-instance statements of one dialect, built once (SQLAlchemy then reuses their
+    compiled form without rebuilding the expression for each instance)."""
+
+    find_instance: Any
+    insert_instance: Insert
+    count_series: Update
+    count_study: Update
+
+
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid", "sop_class_uid", "instance_number", "content_date", "content_time",
+    "rows", "columns", "number_of_frames", "bits_allocated", "photometric_interpretation",
+    "transfer_syntax_uid", "storage_key", "size", "sha256", "pixel_data_offset",
+    "pixel_data_length", "source_ae",
+)
+
+
+@functools.cache
+def _statements_for(dialect: str) -> _Statements:
+    table: Table = Instance.__table__  # type: ignore[assignment]
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    # INSERT .. SELECT: no row when the series is missing (no NOT NULL violation, which
+    # would abort a PostgreSQL transaction), none when the SOP Instance UID exists
+    source = select(Series.id, *(bindparam(name, type_=table.c[name].type) for name in _INSTANCE_COLUMNS)
+                    ).where(Series.series_uid == bindparam("series_uid"))
+    return _Statements(
+        find_instance=select(Instance.id, Instance.sha256, Instance.storage_key, Instance.size)
+        .where(Instance.sop_instance_uid == bindparam("uid")),
+        insert_instance=insert.from_select(["series_pk", *_INSTANCE_COLUMNS], source)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(table.c.series_pk),
+        count_series=update(Series).where(Series.id == bindparam("pk"))
+        .values(num_instances=Series.num_instances + bindparam("n")).returning(Series.study_pk),
+        count_study=update(Study).where(Study.id == bindparam("pk"))
+        .values(num_instances=Study.num_instances + bindparam("n")),
+    )
+
+
+def _stmts(conn: Connection) -> _Statements:
+    return _statements_for(conn.dialect.name)
+
+
 def find_instance(conn: Connection, sop_instance_uid: str) -> StoredRow | None:
-    row = conn.execute(
-        select(Instance.id, Instance.sha256, Instance.storage_key, Instance.size)
-        .where(Instance.sop_instance_uid == sop_instance_uid)
-    ).first()
+    row = conn.execute(_stmts(conn).find_instance, {"uid": sop_instance_uid}).first()
     return StoredRow(int(row[0]), row[1], row[2], int(row[3])) if row else None
 
 
@@ -87,32 +151,115 @@ def _instance_values(h: InstanceHeader, obj: NewObject) -> dict[str, Any]:
 
 
 def insert_instance(engine: Engine, h: InstanceHeader, obj: NewObject) -> StoredRow | None:
-    """Index a new instance in one transaction.
+    """Index a new instance; returns once the transaction holding its row committed.
 
     Returns None when it was inserted, or the row that already holds this SOP Instance UID
-    (nothing changed then).
+    (nothing changed then). Concurrent calls in one process share transactions (group
+    commit, see :mod:`pacs.index.groupcommit`); each still returns only after its own row
+    is committed, and raises the error of its own transaction.
     """
+    return _committer(engine).submit(_Pending(engine, h, obj))
+
+
+@dataclass(frozen=True)
+class _Pending:
+    engine: Engine
+    header: InstanceHeader
+    obj: NewObject
+
+
+def _committer(engine: Engine) -> GroupCommitter[_Pending, StoredRow]:
+    """The group committer of ``engine``'s connection pool (shared by its option engines).
+
+    Kept in a weak mapping keyed by the pool, so it lives as long as the engine's pool and
+    holds no reference to it (the engine comes with each item).
+    """
+    with _COMMITTERS_LOCK:
+        found = _COMMITTERS.get(engine.pool)
+        if found is None:
+            found = GroupCommitter(_insert_batch, MAX_BATCH)
+            _COMMITTERS[engine.pool] = found
+        return found
+
+
+def _insert_batch(batch: Sequence[Item[_Pending, StoredRow]]) -> None:
+    """One transaction for the whole batch; on a failure other than a lost connection, each
+    item again in its own transaction so one bad item (or a deadlock between nodes) fails
+    only itself."""
+    engine = batch[0].work.engine.execution_options(**{WRITE_OPTION: True})
+    # a fixed order (SOP Instance UID) so two nodes' batches lock unique keys alike
+    ordered = sorted(batch, key=lambda item: item.work.header.sop_instance_uid)
     try:
-        with engine.begin() as conn:
-            existing = find_instance(conn, h.sop_instance_uid)
-            if existing is not None:
-                return existing
-            series_pk = _hierarchy(conn, h)
-            conn.execute(_insert(conn, Instance.__table__).values(
-                series_pk=series_pk, **_instance_values(h, obj)))
-            conn.execute(update(Series).where(Series.id == series_pk)
-                         .values(num_instances=Series.num_instances + 1))
-            study_pk = conn.execute(select(Series.study_pk).where(Series.id == series_pk)).scalar_one()
-            conn.execute(update(Study).where(Study.id == study_pk)
-                         .values(num_instances=Study.num_instances + 1))
-            return None
+        with write_lock(engine), engine.begin() as conn:
+            results = _insert_rows(conn, [item.work for item in ordered])
+    except SQLAlchemyError as exc:
+        if len(ordered) == 1 or getattr(exc, "connection_invalidated", False):
+            raise
+        log.info("batch of %d index rows failed (%s): retrying one by one", len(ordered),
+                 type(exc).__name__)
+        for item in ordered:
+            try:
+                item.succeed(_insert_alone(engine, item.work))
+            except SQLAlchemyError as own:
+                item.fail(own)
+        return
+    for item, result in zip(ordered, results, strict=True):
+        item.succeed(result)
+
+
+def _insert_alone(engine: Engine, pending: _Pending) -> StoredRow | None:
+    try:
+        with write_lock(engine), engine.begin() as conn:
+            return _insert_rows(conn, [pending])[0]
     except IntegrityError:
         # another process stored the same SOP Instance UID between our check and insert
         with engine.connect() as conn:
-            existing = find_instance(conn, h.sop_instance_uid)
+            existing = find_instance(conn, pending.header.sop_instance_uid)
         if existing is None:
             raise
-        return existing
+        return None if existing.storage_key == pending.obj.storage_key else existing
+
+
+def _insert_rows(conn: Connection, batch: Sequence[_Pending]) -> list[StoredRow | None]:
+    """Instance rows of ``batch`` (hierarchy created when missing), then the counters, one
+    UPDATE per series and per study touched."""
+    results: list[StoredRow | None] = []
+    per_series: Counter[int] = Counter()
+    for pending in batch:
+        h, obj = pending.header, pending.obj
+        inserted = _insert_instance_row(conn, h, obj)
+        if inserted is None:
+            existing = find_instance(conn, h.sop_instance_uid)
+            if existing is not None:
+                results.append(None if existing.storage_key == obj.storage_key else existing)
+                continue
+            _hierarchy(conn, h)  # the first instance of its series
+            inserted = _insert_instance_row(conn, h, obj)
+            if inserted is None:  # stored by a concurrent transaction meanwhile
+                existing = find_instance(conn, h.sop_instance_uid)
+                if existing is None:
+                    raise RuntimeError(f"instance {h.sop_instance_uid} neither inserted nor found")
+                results.append(existing)
+                continue
+        per_series[inserted] += 1
+        results.append(None)
+    per_study: Counter[int] = Counter()
+    for series_pk in sorted(per_series):
+        study_pk = conn.execute(_stmts(conn).count_series, {
+            "pk": series_pk, "n": per_series[series_pk]}).scalar_one()
+        per_study[int(study_pk)] += per_series[series_pk]
+    for study_pk in sorted(per_study):
+        conn.execute(_stmts(conn).count_study, {"pk": study_pk, "n": per_study[study_pk]})
+    return results
+
+
+def _insert_instance_row(conn: Connection, h: InstanceHeader, obj: NewObject) -> int | None:
+    """INSERT .. SELECT the instance row under its series; its series_pk, or None when the
+    series row is missing or the SOP Instance UID is already indexed."""
+    params = _instance_values(h, obj)
+    params["series_uid"] = h.series_uid
+    row = conn.execute(_stmts(conn).insert_instance, params).first()
+    return None if row is None else int(row[0])
 
 
 def replace_instance(engine: Engine, h: InstanceHeader, obj: NewObject, old: StoredRow) -> None:

@@ -113,6 +113,43 @@ def test_serve_with_two_worker_processes(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_sigkilled_serve_takes_its_workers_down(tmp_path: Path) -> None:
+    """An orphaned worker would go on acknowledging C-STOREs on the shared port."""
+    srv = Server(tmp_path, PACS_DICOM_WORKERS="3")
+    workers = _children(srv.proc.pid)
+    assert len(workers) >= 2, workers  # the multiprocessing resource tracker may be one more
+    srv.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)]
+    ae = _scu()
+    ae.acse_timeout = ae.network_timeout = 2
+    assoc = ae.associate("127.0.0.1", srv.port)
+    assert not assoc.is_established
+
+
 def test_import_reports_stored_duplicates_and_rejects(tmp_path: Path) -> None:
     folder = tmp_path / "in" / "nested"
     folder.mkdir(parents=True)

@@ -374,11 +374,13 @@ def test_sigkilled_node_resumes_uploads_of_everything_acknowledged(
         private_s3: SeaweedServer, postgres_url: str, start_node: Callable[..., PacsNode],
         tmp_path: Path) -> None:
     backend = Backend(postgres_url, f"sigkill-{uuid.uuid4().hex[:16]}", private_s3)
-    (study,) = make_studies(41, [("BN6006", StudySpec("CT", 3, 15, rows=64, columns=64))])
+    (study,) = make_studies(41, [("BN6006", StudySpec("CT", 3, 40, rows=64, columns=64))])
     data_dir = tmp_path / "node"
     node = start_node(backend, data_dir)
     acknowledged: list[str] = []
     errors: list[BaseException] = []
+    # Events, not polling: ingest is fast enough to finish the study between two polls.
+    reached = {15: threading.Event(), 30: threading.Event()}
 
     def send() -> None:  # one by one, as a modality does; stops at the first failure
         try:
@@ -387,19 +389,22 @@ def test_sigkilled_node_resumes_uploads_of_everything_acknowledged(
                     if store_status(assoc, ds) != 0:
                         return
                     acknowledged.append(str(ds.SOPInstanceUID))
+                    if len(acknowledged) in reached:
+                        reached[len(acknowledged)].set()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
+        finally:
+            for event in reached.values():
+                event.set()
 
     sender = threading.Thread(target=send, name="modality")
     sender.start()
     try:
-        wait_for(lambda: len(acknowledged) >= 15 or not sender.is_alive(), 60,
-                 lambda: f"only {len(acknowledged)} acknowledged")
+        assert reached[15].wait(60), f"only {len(acknowledged)} acknowledged"
         private_s3.kill()  # from here on, acknowledged objects exist only in the spool
         spool_only_from = len(acknowledged)
-        wait_for(lambda: len(acknowledged) >= 30 or not sender.is_alive(), 60,
-                 lambda: f"only {len(acknowledged)} acknowledged")
-        node.kill()
+        assert reached[30].wait(60), f"only {len(acknowledged)} acknowledged"
+        node.kill()  # while the modality is still sending
     finally:
         sender.join(60)
     assert not sender.is_alive() and not errors, errors

@@ -1,0 +1,106 @@
+"""C-STORE data sets received into a spool: in memory when small, on disk when big.
+
+pynetdicom collects each incoming data set in a ``BytesIO``, so a 1 GB object would sit whole
+in memory. Its own stream-to-file mode (``_config.STORE_RECV_CHUNKED_DATASET``) is a
+process-wide switch that sends *every* object, small ones too, through a named temporary file
+in the system temp folder (often a tmpfs, i.e. memory), flushed after each fragment, and left
+behind when a handler fails or the association aborts. Instead, :func:`install` swaps the data
+set buffer of each C-STORE request, per association, for a :class:`ReceivedDataset`: the File
+Meta Information (PS3.10 7.1) is written first, then the fragments as they arrive; up to
+``in_memory`` bytes stay in memory, beyond that the spool rolls over to an anonymous
+temporary file (unlinked from the start, so nothing is left behind on any path, even a kill)
+in the archive's temp folder (``<data dir>/tmp``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+
+from pacs.dicom.header import file_meta_bytes
+
+IN_MEMORY = 4 << 20
+
+
+class ReceivedDataset(BytesIO):
+    """The data set of one C-STORE request, spooled as a Part 10 file.
+
+    A ``BytesIO`` subclass only because pynetdicom's primitives accept nothing else; the base
+    buffer stays empty and every write goes to :attr:`spool`.
+    """
+
+    def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1) -> None:
+        super().__init__()
+        self.spool: BinaryIO = cast(BinaryIO, tempfile.SpooledTemporaryFile(
+            max_size=in_memory, dir=tmp_dir))
+        self.spool.write(meta)
+        self.meta_length = len(meta)
+        self.in_memory = in_memory
+        self.limit = limit
+        self.received = len(meta)  # bytes of the Part 10 file received, kept or not
+
+    @property
+    def too_large(self) -> bool:
+        """More than ``limit`` bytes arrived: the rest was dropped as it came."""
+        return 0 <= self.limit < self.received
+
+    def write(self, data: Any) -> int:
+        self.received += len(data)
+        if self.too_large:
+            if self.spool.tell() > self.meta_length:
+                self.spool.truncate(self.meta_length)  # give the disk space back at once
+                self.spool.seek(self.meta_length)
+            return len(data)
+        return self.spool.write(data)
+
+    @property
+    def length(self) -> int:
+        """Bytes of the Part 10 file (File Meta Information and data set)."""
+        return self.spool.seek(0, 2)
+
+    def part10(self) -> bytes | BinaryIO:
+        """The Part 10 file: its bytes when small, else the spool file at offset 0."""
+        small = self.length <= self.in_memory
+        self.spool.seek(0)
+        return self.spool.read() if small else self.spool
+
+    def getvalue(self) -> bytes:
+        """The data set bytes when held in memory; once spilled to disk, only its first
+        64 KiB (pynetdicom's logging handler only checks that the data set is not empty)."""
+        self.spool.seek(self.meta_length)
+        return self.spool.read(None if self.length <= self.in_memory else 1 << 16)
+
+    def close(self) -> None:
+        self.spool.close()
+        super().close()
+
+
+def install(assoc: Association, tmp_dir: Path, limit: int = -1,
+            in_memory: int = IN_MEMORY) -> None:
+    """Spool the data sets of the C-STORE requests ``assoc`` receives (see the module doc);
+    an object over ``limit`` bytes (-1: none) is dropped as it arrives."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    dimse = assoc.dimse
+    original = dimse.receive_primitive
+
+    def receive_primitive(primitive: Any) -> None:
+        original(primitive)
+        message = dimse.message  # None once a message is complete
+        if not isinstance(message, C_STORE_RQ) or isinstance(message.data_set, ReceivedDataset):
+            return
+        cs = message.command_set
+        cx = assoc._accepted_cx[cast(int, message.context_id)]
+        received = ReceivedDataset(
+            file_meta_bytes(str(cs.AffectedSOPClassUID), str(cs.AffectedSOPInstanceUID),
+                            str(cx.transfer_syntax[0]), assoc.requestor.ae_title),
+            in_memory, tmp_dir, limit)
+        if message.data_set is not None:  # fragments that came with the command set
+            received.write(message.data_set.getvalue())
+        message.data_set = received
+
+    dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]

@@ -1,0 +1,47 @@
+"""C-STORE data sets spooled on receive: small ones in memory, big ones on disk, same bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+from pacs.dicom.header import dataset_offset
+from pacs.index.attributes import Level
+from tests.conftest import RunningArchive
+from tests.interop.dcmtk import send_raw_c_store
+from tests.large_object import MF_GRAYSCALE_WORD_SC, write_multiframe
+
+
+def test_big_and_small_data_sets_stored_as_received(archive: RunningArchive,
+                                                     tmp_path: Path) -> None:
+    for name, pixels in (("small", 1 << 20), ("big", 12 << 20)):  # the spool spills at 4 MiB
+        obj = write_multiframe(tmp_path / f"{name}.dcm", pixels, seed=len(name))
+        raw = obj.path.read_bytes()
+        status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, obj.sop_instance_uid,
+                                  "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
+        assert status == 0, name
+        caller = archive.svc.retrieve
+        (stored,) = caller.find_instances(None, Level.IMAGE,  # type: ignore[arg-type]
+                                          {"SOPInstanceUID": obj.sop_instance_uid})
+        got = caller.read(stored)
+        assert got[dataset_offset(got):] == raw[dataset_offset(raw):], name
+        meta = pydicom.dcmread(io.BytesIO(got), stop_before_pixels=True).file_meta
+        assert meta.SourceApplicationEntityTitle == "RAWSCU"
+        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert stored.pixel_data_length == (pixels // (512 * 512 * 2)) * 512 * 512 * 2
+    tmp = archive.settings.data_dir / "tmp"
+    assert tmp.is_dir() and list(tmp.iterdir()) == []  # anonymous temporary files only
+
+
+def test_oversize_data_set_dropped_as_it_arrives(make_archive: Callable[..., RunningArchive],
+                                                 tmp_path: Path) -> None:
+    archive = make_archive(max_object_size=6 << 20)
+    obj = write_multiframe(tmp_path / "big.dcm", 8 << 20, seed=1)
+    raw = obj.path.read_bytes()
+    status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, obj.sop_instance_uid,
+                              "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
+    assert status & 0xF000 == 0xC000  # Cannot understand (PS3.4 B.2.3)
+    assert list(archive.svc.store.keys()) == []

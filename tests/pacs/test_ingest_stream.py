@@ -1,0 +1,61 @@
+"""Ingest from a file or a stream: same outcome as from bytes, duplicates compared by streaming."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from pacs.context import Caller
+from pacs.dicom.header import dataset_offset, part10_bytes
+from pacs.errors import DuplicateConflict, InvalidInput
+from pacs.ingest import StoreStatus
+from pacs.services import Services
+from tests.large_object import write_multiframe
+
+CLI = Caller.cli("test")
+
+
+def test_file_and_stream_sources(services: Services, tmp_path: Path) -> None:
+    obj = write_multiframe(tmp_path / "mf.dcm", 6 << 20, seed=5)
+    raw = obj.path.read_bytes()
+    outcome = services.ingest.store_instance(CLI, obj.path)
+    assert outcome.status == StoreStatus.STORED
+    (stored,) = services.retrieve.find_instances(CLI, *_image(obj.sop_instance_uid))
+    assert services.retrieve.read(stored) == raw
+    assert stored.size == len(raw)
+    assert stored.pixel_data_length == 6 << 20
+    assert stored.pixel_data_offset == len(raw) - (6 << 20)
+    assert b"".join(services.retrieve.stream(stored)) == raw
+
+    # the same data set behind another File Meta (another sender): a resend
+    body = raw[dataset_offset(raw):]
+    other = part10_bytes(body, "1.2.840.10008.5.1.4.1.1.7.3", obj.sop_instance_uid,
+                         "1.2.840.10008.1.2.1", "ROUTER")
+    stream = io.BytesIO(b"junk" + other)
+    stream.seek(4)
+    assert services.ingest.store_instance(CLI, stream).status == StoreStatus.ALREADY_STORED
+
+    changed = bytearray(other)
+    changed[-1] ^= 0xFF
+    with pytest.raises(DuplicateConflict):
+        services.ingest.store_instance(CLI, io.BytesIO(bytes(changed)), len(changed))
+    assert services.retrieve.read(stored) == raw
+
+
+def test_stream_limits(services: Services, tmp_path: Path) -> None:
+    obj = write_multiframe(tmp_path / "mf.dcm", 1 << 20, seed=6)
+    services.ingest.max_object_size = obj.size - 1
+    with open(obj.path, "rb") as f, pytest.raises(InvalidInput, match="exceeds the limit"):
+        services.ingest.store_instance(CLI, f)
+    services.ingest.max_object_size = obj.size * 2
+    with open(obj.path, "rb") as f, pytest.raises(InvalidInput, match="truncated"):
+        services.ingest.store_instance(CLI, f, obj.size - 1000)  # pixel data cut short
+    assert list(services.store.keys()) == []
+
+
+def _image(uid: str) -> tuple[object, dict[str, str]]:
+    from pacs.index.attributes import Level
+
+    return Level.IMAGE, {"SOPInstanceUID": uid}
