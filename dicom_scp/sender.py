@@ -5,13 +5,15 @@ with its transfer syntax; otherwise it is decoded and encoded again in a native 
 accepted (decompressed, VR made explicit or implicit, byte order swapped as needed).
 pynetdicom encodes every dataset it sends, so both paths build the C-STORE message
 themselves, installed per association with :func:`install`: the stored bytes are streamed
-from storage in P-DATA fragments after the command set (``_send_stream``, never whole in
-memory); a transcoded object is decoded and encoded in memory (``_send_raw``).
+from storage in P-DATA fragments after the command set (never whole in memory); a transcoded
+object is decoded and encoded in memory. The fragments are written by the calling thread
+(:mod:`dicom_scp.subops`), not queued one by one for pynetdicom's DUL thread.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -30,14 +32,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
+from dicom_scp import subops
 from pacs.dicom.header import META_PREFIX, dataset_offset
 from pacs.dicom.source import ChunkReader
 from pacs.retrieve import StoredInstance
 
 log = logging.getLogger(__name__)
 NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
-MAX_QUEUED_BYTES = 4 << 20  # P-DATA waiting to be written to the socket, per association
-UNLIMITED_FRAGMENT = 1 << 20  # fragment size when the peer sets no maximum PDU length
+MAX_QUEUED_BYTES = 4 << 20  # P-DATA queued for pynetdicom's DUL (TLS only), per association
 
 
 class StoredDataset(Dataset):
@@ -69,55 +71,82 @@ def _accepted(assoc: Association, sop_class: str) -> list[PresentationContext]:
             if cx.abstract_syntax == sop_class and cx.as_scu]
 
 
-def _store_request(ds: StoredDataset, msg_id: int, priority: int, originator_aet: str | None,
-                   originator_id: int | None) -> C_STORE:
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.Priority = priority
-    req.MoveOriginatorApplicationEntityTitle = originator_aet
-    req.MoveOriginatorMessageID = originator_id
-    req.AffectedSOPClassUID = ds.SOPClassUID
-    req.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    return req
+class _Request:
+    """What a C-STORE-RQ carries besides its data set."""
+
+    def __init__(self, ds: StoredDataset, msg_id: int, priority: int,
+                 originator_aet: str | None, originator_id: int | None) -> None:
+        self.ds, self.msg_id, self.priority = ds, msg_id, priority
+        self.originator_aet, self.originator_id = originator_aet, originator_id
+
+    def primitive(self) -> C_STORE:
+        req = C_STORE()
+        req.MessageID = self.msg_id
+        req.Priority = self.priority
+        req.MoveOriginatorApplicationEntityTitle = self.originator_aet
+        req.MoveOriginatorMessageID = self.originator_id
+        req.AffectedSOPClassUID = self.ds.SOPClassUID
+        req.AffectedSOPInstanceUID = self.ds.SOPInstanceUID
+        return req
+
+    def command(self) -> bytes:
+        return subops.store_command(self.msg_id, self.priority, str(self.ds.SOPClassUID),
+                                    str(self.ds.SOPInstanceUID), self.originator_aet,
+                                    self.originator_id)
 
 
-def _exchange(assoc: Association, send: Callable[[], None]) -> Dataset:
-    """Send one C-STORE request with ``send`` and wait for its response, with the same
-    hand-over to the DIMSE layer as Association.send_c_store (pynetdicom 3.0)."""
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        send()
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    if rsp is None:
+def _response(assoc: Association, rsp: Any) -> Dataset:
+    if rsp is None:  # DIMSE timeout, A-ABORT or connection lost
         assoc._handle_no_response()
+        subops.resume_reactor(assoc)
         return Dataset()
     return assoc._check_received_status(rsp)
 
 
-def _send_raw(assoc: Association, cx: PresentationContext, req: C_STORE, data: bytes) -> Dataset:
-    """One C-STORE whose data set is ``data``, already encoded in ``cx``'s syntax."""
-    req.DataSet = BytesIO(data)
-    return _exchange(assoc, lambda: assoc.dimse.send_msg(req, cast(int, cx.context_id)))
+def _exchange(assoc: Association, cx: PresentationContext, req: _Request,
+              data_set: ChunkReader) -> Dataset:
+    """One C-STORE: the request written by this thread (:class:`subops.Link`), the response
+    taken from the DIMSE queue while the DUL polls the socket every
+    :data:`subops.RESPONSE_POLL` instead of every millisecond."""
+    link = subops.Link.of(assoc)
+    if link is None:  # TLS: pynetdicom writes (the stored bytes still streamed)
+        return _exchange_queued(assoc, cx, req, data_set)
+    if subops.association_lost(assoc):
+        subops.resume_reactor(assoc)
+        raise ConnectionError(f"association with {_peer(assoc)} ended")
+    subops.hold_reactor(assoc)
+    context_id = cast(int, cx.context_id)
+    dul = assoc.dul
+    idle = dul._run_loop_delay
+    dul._run_loop_delay = subops.RESPONSE_POLL
+    try:
+        try:
+            link.write_message(subops.message_batches(
+                context_id, req.command(), data_set.read, assoc.dimse.maximum_pdu_size))
+        except BaseException:
+            subops.resume_reactor(assoc)
+            raise
+        log.debug("C-STORE-RQ %s (message %d) sent to %s", req.ds.SOPInstanceUID, req.msg_id,
+                  _peer(assoc))
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        dul._run_loop_delay = idle
+    return _response(assoc, rsp)
 
 
-def _send_stream(assoc: Association, cx: PresentationContext, req: C_STORE,
-                 data_set: ChunkReader) -> Dataset:
-    """One C-STORE whose data set is read from ``data_set`` (already in ``cx``'s syntax) and
-    sent fragment by fragment (PS3.8 E.2), never whole in memory: at most
-    :data:`MAX_QUEUED_BYTES` of P-DATA wait in pynetdicom's (unbounded) send queue."""
+def _exchange_queued(assoc: Association, cx: PresentationContext, req: _Request,
+                     data_set: ChunkReader) -> Dataset:
+    """:func:`_exchange` through pynetdicom's DUL queue, for sockets we do not write to:
+    the fragments are queued as P-DATA, at most :data:`MAX_QUEUED_BYTES` at a time."""
     context_id = cast(int, cx.context_id)
     max_pdu = assoc.dimse.maximum_pdu_size
-    size = max_pdu - 6 if max_pdu else UNLIMITED_FRAGMENT
+    size = subops.fragment_size(max_pdu)
     max_queued = max(4, MAX_QUEUED_BYTES // size)
     dul = assoc.dul
 
     def send() -> None:
         message = C_STORE_RQ()
-        message.primitive_to_message(req)  # no DataSet: the command set alone...
+        message.primitive_to_message(req.primitive())  # no DataSet: the command set alone...
         message.command_set.CommandDataSetType = 0x0001  # ...announcing one
         message.context_id = context_id
         evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
@@ -138,7 +167,19 @@ def _send_stream(assoc: Association, cx: PresentationContext, req: C_STORE,
                 return
             fragment = following
 
-    return _exchange(assoc, send)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        send()
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return _response(assoc, rsp)
+
+
+def _peer(assoc: Association) -> str:
+    return str(assoc.requestor.ae_title if assoc.is_acceptor else assoc.acceptor.ae_title)
 
 
 # Values of these VRs are kept as bytes by pydicom and never byte-swapped when it writes in the
@@ -182,8 +223,17 @@ def _transcode(raw: bytes, accepted: list[PresentationContext]
 
 
 def install(assoc: Association) -> None:
-    """Make ``assoc.send_c_store`` understand :class:`StoredDataset` (raw or transcoded)."""
+    """Make ``assoc.send_c_store`` understand :class:`StoredDataset` (raw or transcoded).
+
+    Called for the association that carries the C-STORE sub-operations: the C-MOVE
+    sub-association (at its EVT_ESTABLISHED, in the thread serving the C-MOVE) or the C-GET
+    association; the association that carries the C-MOVE/C-GET responses then sends at most
+    one pending response per :data:`subops.PENDING_INTERVAL` (:func:`subops.thin_pending`).
+    """
     original = assoc.send_c_store
+    serving = threading.current_thread()
+    if isinstance(serving, Association):  # the association whose request is being served
+        subops.thin_pending(serving)
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
@@ -193,13 +243,13 @@ def install(assoc: Association) -> None:
         accepted = _accepted(assoc, dataset.SOPClassUID)
         ts = str(dataset.file_meta.TransferSyntaxUID)
         same = next((cx for cx in accepted if cx.transfer_syntax[0] == ts), None)
-        req = _store_request(dataset, msg_id, priority, originator_aet, originator_id)
+        req = _Request(dataset, msg_id, priority, originator_aet, originator_id)
         chunks = dataset.open()
         try:
             if same is not None:
                 reader = ChunkReader(chunks)
                 reader.skip(dataset_offset(reader.read(META_PREFIX)) - META_PREFIX)
-                return _send_stream(assoc, same, req, reader)
+                return _exchange(assoc, same, req, reader)
             if not accepted:
                 raise ValueError(f"peer accepted no context for {dataset.SOPClassUID}")
             # decoding needs the whole object: a transcoded object is held in memory
@@ -207,9 +257,8 @@ def install(assoc: Association) -> None:
         finally:
             chunks.close()  # type: ignore[attr-defined]
         log.info("transcoded %s from %s to %s for %s", dataset.SOPInstanceUID, ts,
-                 cx.transfer_syntax[0],
-                 assoc.requestor.ae_title if assoc.is_acceptor else assoc.acceptor.ae_title)
-        return _send_raw(assoc, cx, req, data)
+                 cx.transfer_syntax[0], _peer(assoc))
+        return _exchange(assoc, cx, req, ChunkReader(iter([data])))
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
 
