@@ -96,10 +96,12 @@ class _Request:
 
 
 def _response(assoc: Association, rsp: Any) -> Dataset:
-    if rsp is None:  # DIMSE timeout, A-ABORT or connection lost
-        assoc._handle_no_response()
+    """The C-STORE response's status; no response (DIMSE timeout, A-ABORT, connection lost)
+    raises, which pynetdicom counts as a failed sub-operation."""
+    if rsp is None:
+        assoc._handle_no_response()  # aborts on a DIMSE timeout
         subops.resume_reactor(assoc)
-        return Dataset()
+        raise ConnectionError(f"no C-STORE response from {_peer(assoc)}")
     return assoc._check_received_status(rsp)
 
 
