@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_scp import receive, sender
+from dicom_scp.find_responses import PendingResponses
 from dicom_scp.status import (
     CANCEL,
     FIND_STATUS,
@@ -38,7 +39,7 @@ from dicom_scp.status import (
 from pacs.context import Caller
 from pacs.dicom.header import part10_bytes
 from pacs.errors import InvalidInput, PacsError, UnknownDestination
-from pacs.index.attributes import Level
+from pacs.index.attributes import ATTRIBUTES, Level
 from pacs.query import QueryRequest
 from pacs.services import Services
 
@@ -47,6 +48,7 @@ _PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind,
                  PatientRootQueryRetrieveInformationModelMove,
                  PatientRootQueryRetrieveInformationModelGet}
 _SKIP_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
+_VRS = {keyword: attr.vr for keyword, attr in ATTRIBUTES.items()}  # VRs of the query keys
 
 
 def caller_of(event: Event) -> Caller:
@@ -145,11 +147,16 @@ def _level(identifier: Dataset, model: str, allow_patient: bool) -> Level:
     return level
 
 
+def _constants(level: Level, ae_title: str) -> dict[str, str]:
+    """What every C-FIND response identifier holds besides the matched keys."""
+    return {"SpecificCharacterSet": "ISO_IR 192", "QueryRetrieveLevel": level.name,
+            "RetrieveAETitle": ae_title}
+
+
 def _response(match: dict[str, Any], level: Level, ae_title: str) -> Dataset:
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = level.name
-    ds.RetrieveAETitle = ae_title
+    for keyword, value in _constants(level, ae_title).items():
+        setattr(ds, keyword, value)
     for keyword, value in match.items():
         if isinstance(value, PersonName):
             value = str(value)
@@ -158,22 +165,38 @@ def _response(match: dict[str, Any], level: Level, ae_title: str) -> Dataset:
 
 
 def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset | None]]:
-    """C-FIND, Patient Root and Study Root (PS3.4 C.4.1)."""
+    """C-FIND, Patient Root and Study Root (PS3.4 C.4.1).
+
+    The pending responses are written by :class:`~dicom_scp.find_responses.PendingResponses`
+    (pynetdicom only where it cannot), the final one by pynetdicom.
+    """
     caller = caller_of(event)
     model = event.request.AffectedSOPClassUID
+    ae_title = services.settings.ae_title
+    count = 0
     try:
         identifier = event.identifier
         level = _level(identifier, model, model in _PATIENT_ROOT)
         filters, keys = _identifier_filters(identifier)
         matches = services.query.search(caller, QueryRequest(level, filters, keys))
-        count = 0
+        direct = PendingResponses.start(event, _constants(level, ae_title), _VRS)
         for match in matches:
             if event.is_cancelled:
-                log.info("C-FIND by %s cancelled after %d match(es)", caller, count)
+                sent = count - (direct.discard() if direct is not None else 0)
+                log.info("C-FIND by %s cancelled after %d match(es)", caller, sent)
                 yield CANCEL, None
                 return
             count += 1
-            yield PENDING, _response(match, level, services.settings.ae_title)
+            if direct is not None and direct.add(match):
+                continue
+            if direct is not None and direct.lost:
+                break
+            yield PENDING, _response(match, level, ae_title)
+        if direct is not None and not direct.flush():
+            log.info("C-FIND by %s: association ended after %d match(es)", caller,
+                     direct.written)
+            yield FIND_UNABLE_TO_PROCESS, None
+            return
     except PacsError as exc:
         status = status_for(FIND_STATUS, exc, FIND_UNABLE_TO_PROCESS)
         log.warning("C-FIND by %s failed: 0x%04X %s", caller, status, exc)

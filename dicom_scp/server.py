@@ -6,13 +6,15 @@ and the kernel spreads incoming associations over them; they share the index and
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
 from typing import Any, cast
 
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_scp import handlers
@@ -37,6 +39,33 @@ class PacsAssociationServer(ThreadedAssociationServer):
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+
+class SharedContexts(list[PresentationContext]):
+    """The server's presentation contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies the server's contexts for every association it accepts: with ~180
+    contexts and ~7,700 transfer syntax UIDs (each validated again on the way) that is ~80 ms
+    before a peer can even send C-ECHO. Each association gets its own context objects and
+    transfer syntax lists, as negotiation sets fields on them, but the UIDs, immutable
+    strings, are shared.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for cx in self:
+            new = copy.copy(cx)
+            new._transfer_syntax = list(cx._transfer_syntax)
+            copies.append(new)
+        return copies
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's process-wide settings, applied by :class:`DicomService`: no logging of
+    query identifiers (they hold patient names and IDs, which are never logged at INFO, and
+    formatting them cost as much as answering)."""
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def make_ae(settings: Settings) -> AE:
@@ -77,6 +106,7 @@ class DicomService:
     """The DIMSE service of one process."""
 
     def __init__(self, services: Services, *, reuse_port: bool = False) -> None:
+        configure_pynetdicom()
         self.services = services
         self.ae = make_ae(services.settings)
         settings = services.settings
@@ -86,6 +116,7 @@ class DicomService:
             evt_handlers=_handlers(services),
             server_class=server_class,
         )
+        self.server.contexts = SharedContexts(self.server.contexts)
         self.ae._servers.append(self.server)  # as AE.start_server does, so shutdown() works
         self._thread: threading.Thread | None = None
 
