@@ -17,6 +17,7 @@ import enum
 import hashlib
 import logging
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,14 @@ class StoreOutcome:
 Listener = Callable[[StoreOutcome, InstanceHeader], None]
 
 
-def new_storage_key() -> str:
-    """A fresh opaque key, fanned out in two folder levels: ``ab/cd/abcd…ef.dcm``."""
+def new_storage_key(now: datetime | None = None) -> str:
+    """A fresh opaque key under the day of receipt (UTC) and a 256-way fan-out:
+    ``20261123/ab/abcd…ef.dcm`` (docs/adr/0001-blob-keys.md). Objects received together share
+    folders, so a folder store creates (and fsyncs) at most 257 folders a day instead of up
+    to two per object; a day's objects are one prefix for incremental backups."""
     name = uuid.uuid4().hex
-    return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+    day = (now or datetime.now(UTC)).strftime("%Y%m%d")
+    return f"{day}/{name[:2]}/{name}.dcm"
 
 
 @dataclass

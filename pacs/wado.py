@@ -14,7 +14,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import pydicom
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.context import Caller
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+PRECOMPUTE_BATCH = 200  # instances whose metadata is written in one transaction
+PRECOMPUTE_GATHER = 0.2  # seconds to wait for more stored instances before writing a batch
 
 
 class NotAcceptableSyntax(InvalidInput):
@@ -67,13 +69,30 @@ class WadoService:
                 pass  # computed on first request instead
 
     def _precompute_loop(self) -> None:
+        """Drain the queue in batches: one index transaction per batch, not per instance
+        (each write transaction takes the SQLite writer lock and an fsync that the C-STOREs
+        in flight need)."""
         assert self._queue is not None
         caller = Caller.system("metadata")
-        while (uid := self._queue.get()) is not None:
-            try:
-                self._make_metadata(self.retrieve.instance(caller, uid))
-            except Exception as exc:  # noqa: BLE001 - a cache; the request path recomputes
-                log.debug("metadata precompute of %s failed: %s", uid, exc)
+        while True:
+            uids = [self._queue.get()]
+            while len(uids) < PRECOMPUTE_BATCH and uids[-1] is not None:
+                try:
+                    uids.append(self._queue.get(timeout=PRECOMPUTE_GATHER))
+                except queue.Empty:
+                    break
+            computed: dict[str, str] = {}
+            for uid in uids:
+                if uid is None:
+                    continue
+                try:
+                    inst = self.retrieve.instance(caller, uid)
+                    computed[uid] = self._compute_metadata(inst)
+                except Exception as exc:  # noqa: BLE001 - a cache; the request path recomputes
+                    log.debug("metadata precompute of %s failed: %s", uid, exc)
+            self._cache_metadata(computed)
+            if uids[-1] is None:
+                return
 
     def stop_precompute(self) -> None:
         if self._queue is not None and self._worker is not None:
@@ -165,20 +184,30 @@ class WadoService:
         return join_metadata(texts, base)
 
     def _make_metadata(self, inst: StoredInstance) -> str:
+        text = self._compute_metadata(inst)
+        self._cache_metadata({inst.sop_instance_uid: text})
+        return text
+
+    def _compute_metadata(self, inst: StoredInstance) -> str:
         if inst.pixel_data_offset is not None:  # the header alone, not a 1 GB object
             raw = self.retrieve.read_range(inst, 0, inst.pixel_data_offset)
         else:  # no pixel data found at ingest (none, or deflated): a small object
             raw = self.retrieve.read(inst)
         ds = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
-        text = instance_metadata(ds, f"{BASE}{instance_path(inst)}/bulkdata",
+        return instance_metadata(ds, f"{BASE}{instance_path(inst)}/bulkdata",
                                  inst.pixel_data_offset is not None or _has_pixels(raw))
+
+    def _cache_metadata(self, texts: dict[str, str]) -> None:
+        """Keep computed metadata in the index, all in one transaction."""
+        if not texts:
+            return
+        stmt = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
+                .values(metadata_json=bindparam("text")))
         try:
             with writer(self.engine).begin() as conn:
-                conn.execute(update(Instance).where(
-                    Instance.sop_instance_uid == inst.sop_instance_uid).values(metadata_json=text))
+                conn.execute(stmt, [{"uid": uid, "text": text} for uid, text in texts.items()])
         except SQLAlchemyError as exc:  # a cache: failing to keep it is not an error
-            log.warning("could not cache metadata of %s: %s", inst.sop_instance_uid, exc)
-        return text
+            log.warning("could not cache metadata of %d instance(s): %s", len(texts), exc)
 
     def frames(self, inst: StoredInstance, numbers: list[int], stored: bool) -> list[bytes]:
         """Frames (1-based ``numbers``) in the stored syntax or uncompressed."""
