@@ -32,7 +32,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
-from dicom_scp import subops
+from dicom_scp import subops, wire
 from pacs.dicom.header import META_PREFIX, dataset_offset
 from pacs.dicom.source import ChunkReader
 from pacs.retrieve import StoredInstance
@@ -107,33 +107,45 @@ def _response(assoc: Association, rsp: Any) -> Dataset:
 
 def _exchange(assoc: Association, cx: PresentationContext, req: _Request,
               data_set: ChunkReader) -> Dataset:
-    """One C-STORE: the request written by this thread (:class:`subops.Link`), the response
-    taken from the DIMSE queue while the DUL polls the socket every
-    :data:`subops.RESPONSE_POLL` instead of every millisecond."""
-    link = subops.Link.of(assoc)
-    if link is None:  # TLS: pynetdicom writes (the stored bytes still streamed)
+    """One C-STORE, its request written and its response read by this thread
+    (:mod:`dicom_scp.subops`); pynetdicom's reactors are not involved."""
+    writer, reader = wire.Writer.of(assoc), subops.ResponseReader.of(assoc)
+    if writer is None or reader is None:  # TLS: pynetdicom writes (the bytes still streamed)
         return _exchange_queued(assoc, cx, req, data_set)
     if subops.association_lost(assoc):
         subops.resume_reactor(assoc)
         raise ConnectionError(f"association with {_peer(assoc)} ended")
     subops.hold_reactor(assoc)
-    context_id = cast(int, cx.context_id)
-    dul = assoc.dul
-    idle = dul._run_loop_delay
-    dul._run_loop_delay = subops.RESPONSE_POLL
+    batches = subops.message_batches(cast(int, cx.context_id), req.command(), data_set.read,
+                                     assoc.dimse.maximum_pdu_size)
+    half_sent = False
+
+    def write() -> None:
+        nonlocal half_sent
+        for batch in batches:
+            if not writer.write(batch):
+                raise ConnectionError(f"association with {_peer(assoc)} lost")
+            half_sent = True
+        half_sent = False
+
     try:
-        try:
-            link.write_message(subops.message_batches(
-                context_id, req.command(), data_set.read, assoc.dimse.maximum_pdu_size))
-        except BaseException:
-            subops.resume_reactor(assoc)
-            raise
-        log.debug("C-STORE-RQ %s (message %d) sent to %s", req.ds.SOPInstanceUID, req.msg_id,
-                  _peer(assoc))
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        dul._run_loop_delay = idle
-    return _response(assoc, rsp)
+        elements = reader.exchange(write, req.msg_id, assoc.dimse_timeout)
+    except BaseException:
+        if half_sent and assoc.is_established:  # e.g. storage failed mid-object: the peer
+            assoc.abort()  # has half a message, the association is unusable
+        subops.resume_reactor(assoc)
+        raise
+    if elements is None:
+        if reader.timed_out and assoc.is_established:
+            log.error("no C-STORE response from %s within %s s: aborting", _peer(assoc),
+                      assoc.dimse_timeout)
+            assoc.abort()
+        subops.resume_reactor(assoc)
+        raise ConnectionError(f"no C-STORE response from {_peer(assoc)}")
+    status = subops.status_dataset(elements)
+    log.debug("C-STORE %s (message %d) to %s: 0x%04X", req.ds.SOPInstanceUID, req.msg_id,
+              _peer(assoc), status.Status)
+    return status
 
 
 def _exchange_queued(assoc: Association, cx: PresentationContext, req: _Request,

@@ -1,19 +1,20 @@
-"""The wire side of C-STORE sub-operations (C-MOVE, C-GET): written straight to the socket.
+"""The wire side of C-STORE sub-operations (C-MOVE, C-GET), without pynetdicom's reactors.
 
 pynetdicom sends every P-DATA-TF PDU through its DUL thread, one PDU per reactor loop, and
 answers are picked up by reactors that sleep 1 ms whenever a loop found nothing to do; for a
 100-slice study sent to a peer that takes 16 KB PDUs that is thousands of queued PDUs and
 hundreds of sleeps. Here the thread that runs the retrieve (the one calling ``send_c_store``)
-frames the P-DATA-TF PDUs itself (PS3.8 9.3.5, message control headers PS3.8 E.2) and writes
-them in large batches; pynetdicom's DUL thread keeps reading the socket, so the C-STORE
-responses, a C-CANCEL or an A-ABORT still arrive through it.
+does a sub-operation's I/O itself:
 
-- :class:`Link`: the writer of one association. Two rules keep the byte stream well formed:
-  every PDU the DUL writes goes under the same lock as our batches (an A-ABORT lands between
-  two batches, never inside a PDU), and before a message the link waits until the DUL has
-  written whatever pynetdicom queued before it (e.g. a C-GET pending response), so messages
-  never interleave. Not used on TLS sockets (pynetdicom's path then).
-- :func:`store_command`: the C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR LE.
+- :func:`message_batches`: the C-STORE-RQ's PDUs (framed by :func:`dicom_scp.wire.pdv_pdu`,
+  PS3.8 9.3.5 and E.2) with the data set read from storage as they go, joined into large
+  writes for :class:`dicom_scp.wire.Writer` (which keeps them in order with pynetdicom's
+  queue and never inside one of its PDUs). ``wire.message_pdus`` needs the data set whole
+  in memory, hence this streaming variant.
+- :class:`ResponseReader`: reads the C-STORE-RSP off the socket while pynetdicom's DUL thread
+  is told to leave the socket alone, and decodes the few command elements it needs; any
+  other PDU (an A-ABORT, an A-RELEASE-RQ, a C-CANCEL-RQ on a C-GET association) is handed to
+  the DUL exactly as if it had read it.
 - :func:`hold_reactor` / :func:`resume_reactor`: a requestor association's reactor (the C-MOVE
   sub-association) stays paused for the whole retrieve instead of being paused and woken per
   sub-operation, which cost a reactor loop (>= 1 ms) each time.
@@ -21,16 +22,15 @@ responses, a C-CANCEL or an A-ABORT still arrive through it.
   C.4.3.3.1: "Optionally, the SCP may generate responses ... with status equal to Pending");
   pynetdicom sends one per sub-operation, we let one through per :data:`PENDING_INTERVAL`.
 
-Messages written here are not seen by pynetdicom's ``EVT_DIMSE_SENT``/``EVT_PDU_SENT``
-handlers (its debug logging); the sender logs each sub-operation at DEBUG instead.
-
-This overlaps :mod:`dicom_scp.wire` (written at the same time for C-FIND); once that module is
-on main the framing and the writer here should be taken from it.
+The C-STORE requests and responses handled here are not seen by pynetdicom's
+``EVT_DIMSE_SENT``/``EVT_DIMSE_RECV``/``EVT_PDU_*`` handlers (its debug logging); the sender
+logs each sub-operation at DEBUG instead. Only plain TCP sockets (``wire.Writer.of``); TLS
+associations keep pynetdicom's path.
 """
 
 from __future__ import annotations
 
-import collections
+import select
 import socket
 import struct
 import threading
@@ -38,50 +38,37 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE, P_DATA
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
 
-COMMAND, LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
+from dicom_scp import wire
+
 PENDING = 0xFF00
 PENDING_INTERVAL = 0.25  # seconds between two pending C-MOVE/C-GET responses we let through
-RESPONSE_POLL = 0.0001  # DUL idle sleep while a C-STORE response is awaited (pynetdicom: 1 ms)
 BATCH = 256 << 10  # bytes of PDUs per socket write
 UNLIMITED_FRAGMENT = 1 << 20  # fragment size when the peer sets no maximum PDU length
+POLL = 0.05  # seconds between two looks at the association while a response is awaited
+_C_STORE_RSP = struct.pack("<H", 0x8001)  # CommandField
+_NO_DATA_SET = struct.pack("<H", 0x0101)  # CommandDataSetType: no data set follows
+_US = struct.Struct("<H")
 
-_PDU_HEADER = struct.Struct(">BxI")  # P-DATA-TF: type 0x04, reserved, PDU length
+_PDU_HEADER = struct.Struct(">BxI")  # PDU type, reserved, PDU length (PS3.8 9.3)
 _PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context ID, control header
-_PDV_OVERHEAD = _PDV_HEADER.size  # 6
+_PDV_OVERHEAD = _PDV_HEADER.size  # 6: what a PDV adds to its fragment
 _ELEMENT = struct.Struct("<HHI")  # implicit VR little endian: group, element, length
-_US = struct.Struct("<H").pack
-
-
-def _element(element: int, value: bytes) -> bytes:
-    return _ELEMENT.pack(0, element, len(value)) + value
-
-
-def _text(value: str, pad: bytes) -> bytes:
-    data = value.encode("ascii")
-    return data + pad if len(data) % 2 else data
 
 
 def store_command(message_id: int, priority: int, sop_class_uid: str, sop_instance_uid: str,
                   originator_aet: str | None, originator_id: int | None) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1) announcing a data set, encoded as PS3.7
-    6.3.1 says: Implicit VR Little Endian, tag order, Command Group Length first."""
-    body = [_element(0x0002, _text(sop_class_uid, b"\x00")),
-            _element(0x0100, _US(0x0001)),  # CommandField: C-STORE-RQ
-            _element(0x0110, _US(message_id)),
-            _element(0x0700, _US(priority)),
-            _element(0x0800, _US(0x0001)),  # CommandDataSetType: anything but 0x0101
-            _element(0x1000, _text(sop_instance_uid, b"\x00"))]
-    if originator_aet:
-        body.append(_element(0x1030, _text(originator_aet.strip(), b" ")))
-    if originator_id is not None:
-        body.append(_element(0x1031, _US(originator_id)))
-    joined = b"".join(body)
-    return _element(0x0000, struct.pack("<I", len(joined))) + joined
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1) announcing a data set."""
+    return wire.command_set(
+        AffectedSOPClassUID=sop_class_uid, CommandField=0x0001, MessageID=message_id,
+        Priority=priority, CommandDataSetType=wire.DATA_SET,
+        AffectedSOPInstanceUID=sop_instance_uid,
+        MoveOriginatorApplicationEntityTitle=originator_aet.strip() if originator_aet else None,
+        MoveOriginatorMessageID=originator_id)
 
 
 def fragment_size(max_pdu: int) -> int:
@@ -94,12 +81,6 @@ def fragment_size(max_pdu: int) -> int:
     return max_pdu - _PDV_OVERHEAD
 
 
-def pdv_pdu(context_id: int, control: int, fragment: bytes) -> list[bytes]:
-    """One P-DATA-TF PDU holding one PDV, as buffers to join (the fragment is not copied)."""
-    return [_PDU_HEADER.pack(0x04, len(fragment) + _PDV_OVERHEAD),
-            _PDV_HEADER.pack(len(fragment) + 2, context_id, control), fragment]
-
-
 def message_batches(context_id: int, command: bytes, read: Callable[[int], bytes],
                     max_pdu: int, batch: int = BATCH) -> Iterator[bytes]:
     """The PDUs of a message whose data set is read with ``read(n)`` (already in the
@@ -110,14 +91,12 @@ def message_batches(context_id: int, command: bytes, read: Callable[[int], bytes
     parts: list[bytes] = []
     pending = 0
     for pos in range(0, len(command), size):
-        piece = command[pos:pos + size]
-        last = pos + size >= len(command)
-        parts += pdv_pdu(context_id, COMMAND | (LAST if last else 0), piece)
-        pending += len(piece)
+        last = wire.LAST if pos + size >= len(command) else 0
+        parts.append(wire.pdv_pdu(context_id, wire.COMMAND | last, command[pos:pos + size]))
     fragment = read(size)
     while True:
         following = read(size)
-        parts += pdv_pdu(context_id, 0 if following else LAST, fragment)
+        parts.append(wire.pdv_pdu(context_id, 0 if following else wire.LAST, fragment))
         pending += len(fragment)
         if pending >= batch or not following:
             yield b"".join(parts)
@@ -127,85 +106,167 @@ def message_batches(context_id: int, command: bytes, read: Callable[[int], bytes
         fragment = following
 
 
-class Link:
-    """Writes framed PDUs on one association's socket from the DIMSE user's thread; see the
-    module docstring. Get it with :meth:`of`."""
+class ResponseReader:
+    """Reads the C-STORE responses of one association off its socket, in the thread that
+    sends the requests; see the module docstring. Get it with :meth:`of`.
+
+    pynetdicom's DUL thread checks the socket in ``_is_transport_event``; while
+    :meth:`exchange` holds the lock, that check reports nothing to read, so the two never
+    read at the same time, and a response cannot reach pynetdicom's DIMSE queue first (the
+    lock is taken before the request is written).
+    """
 
     def __init__(self, assoc: Association, sock: socket.socket) -> None:
         self._assoc = assoc
         self._socket = sock
         self._lock = threading.Lock()
-        self._markers: collections.deque[threading.Event] = collections.deque()
-        self._queued = True  # unknown history: let the DUL drain before the first write
+        self.timed_out = False
         dul = assoc.dul
-        send, send_pdu = dul._send, dul.send_pdu
+        check = dul._is_transport_event
 
-        def locked_send(pdu: Any) -> None:  # the DUL thread's writes
-            if isinstance(pdu, P_DATA_TF) and not pdu.presentation_data_value_items:
-                if self._markers:  # our marker: everything queued before it is written
-                    self._markers.popleft().set()
-                return
-            with self._lock:
-                send(pdu)
+        def check_unless_reading() -> bool:  # the DUL thread, every loop
+            if not self._lock.acquire(blocking=False):
+                return False
+            try:
+                return check()
+            finally:
+                self._lock.release()
 
-        def noted_send_pdu(primitive: Any) -> None:  # pynetdicom queues a PDU
-            self._queued = True
-            send_pdu(primitive)
-
-        dul._send = locked_send  # type: ignore[method-assign]
-        dul.send_pdu = noted_send_pdu  # type: ignore[method-assign]
+        dul._is_transport_event = check_unless_reading  # type: ignore[method-assign]
 
     @classmethod
-    def of(cls, assoc: Association) -> Link | None:
-        """The link of ``assoc`` (made on first use), or None if its socket is not a plain
-        TCP socket (TLS): then pynetdicom sends."""
-        link = getattr(assoc, "_pacs_link", None)
-        if isinstance(link, Link):
-            return link
+    def of(cls, assoc: Association) -> ResponseReader | None:
+        """The reader of ``assoc`` (made on first use), or None for a socket that is not
+        plain TCP (TLS: pynetdicom reads)."""
+        reader = getattr(assoc, "_pacs_reader", None)
+        if isinstance(reader, ResponseReader):
+            return reader
         sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         if type(sock) is not socket.socket:
             return None
-        link = cls(assoc, sock)
-        assoc._pacs_link = link  # type: ignore[attr-defined]
-        return link
+        reader = cls(assoc, sock)
+        assoc._pacs_reader = reader  # type: ignore[attr-defined]
+        return reader
 
-    def _drain(self, poll: float = 0.05) -> bool:
-        """Wait until the DUL has written everything queued so far: an empty P-DATA goes
-        through its queue as a marker, which its (wrapped) writer reports instead of
-        sending."""
-        marker = threading.Event()
-        self._markers.append(marker)
-        self._queued = False
-        self._assoc.dul.to_provider_queue.put(P_DATA())
-        while not marker.wait(poll):
-            if not self._assoc.is_established or not self._assoc.dul.is_alive():
-                return False
-        return True
-
-    def write_message(self, batches: Iterator[bytes]) -> None:
-        """Write one message's PDUs, batch by batch, after whatever pynetdicom queued.
-
-        Raises ConnectionError if the association is gone or the connection fails; a
-        message cut short leaves the stream unusable, so the association is then aborted.
+    def exchange(self, write: Callable[[], None], message_id: int,
+                 timeout: float | None) -> dict[int, bytes] | None:
+        """``write()`` a request, then read until the C-STORE-RSP to ``message_id``: its
+        command elements by element number (group 0000), or None if the association ended
+        (the DUL has been told) or ``timeout`` (the DIMSE timeout) passed: :attr:`timed_out`.
         """
-        if not self._assoc.is_established:
-            raise ConnectionError("association no longer established")
-        if self._queued and not self._drain():
-            raise ConnectionError("association ended while waiting to write")
-        started = False
-        try:
-            for data in batches:
-                with self._lock:
-                    self._socket.sendall(data)
-                started = True
-        except OSError as exc:
-            self._assoc.dul.event_queue.put("Evt17")  # transport connection closed
-            raise ConnectionError(f"writing to the peer failed: {exc}") from exc
-        except BaseException:
-            if started:  # e.g. storage failed mid-object: the peer has half a message
-                self._assoc.abort()
-            raise
+        self.timed_out = False
+        with self._lock:
+            write()
+            return self._read_response(message_id, timeout)
 
+    def _read_response(self, message_id: int, timeout: float | None) -> dict[int, bytes] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        dul = self._assoc.dul
+        message: list[bytes] = []  # the PDUs of the message being read
+        command = bytearray()
+        elements: dict[int, bytes] | None = None
+        while True:
+            if not dul.is_alive() or not self._assoc.is_established:
+                return None
+            wait = POLL
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    self.timed_out = True
+                    return None
+            if not select.select([self._socket], [], [], wait)[0]:
+                continue
+            pdu = self._read_pdu()
+            if pdu is None:
+                dul.event_queue.put("Evt17")  # transport connection closed
+                return None
+            dul._idle_timer.restart()
+            if pdu[0] != 0x04:  # A-ABORT, A-RELEASE-RQ...: no response will come
+                self._hand_to_dul([*message, pdu])
+                return None
+            message.append(pdu)
+            complete = False
+            for control, fragment in _pdvs(pdu):
+                if elements is None:
+                    command += fragment
+                    if control & wire.LAST:
+                        elements = _command_elements(bytes(command))
+                        complete = elements.get(0x0800) == _NO_DATA_SET
+                elif control & wire.LAST:  # the last fragment of a data set
+                    complete = True
+            if not complete:
+                continue
+            if (elements is not None and elements.get(0x0100) == _C_STORE_RSP
+                    and elements.get(0x0120) == _US.pack(message_id)):
+                return elements
+            self._hand_to_dul(message)  # another message (a C-CANCEL-RQ): pynetdicom's
+            message, command, elements = [], bytearray(), None
+
+    def _recv(self, size: int) -> bytes | None:
+        parts = []
+        while size:
+            try:
+                chunk = self._socket.recv(size)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+
+    def _read_pdu(self) -> bytes | None:
+        header = self._recv(6)
+        if header is None:
+            return None
+        body = self._recv(_PDU_HEADER.unpack(header)[1])
+        return None if body is None else header + body
+
+    def _hand_to_dul(self, pdus: list[bytes]) -> None:
+        """Give PDUs read here to the DUL as its own ``_read_pdu_data`` would."""
+        dul = self._assoc.dul
+        for pdu in pdus:
+            try:
+                decoded, event = dul._decode_pdu(bytearray(pdu))
+            except Exception:  # noqa: BLE001 - as pynetdicom: an invalid PDU, Evt19
+                dul.event_queue.put("Evt19")
+                return
+            dul.event_queue.put(event)
+            dul._recv_pdu.put(decoded)
+
+
+def _pdvs(pdu: bytes) -> Iterator[tuple[int, bytes]]:
+    """The (message control header, fragment) of each PDV of a P-DATA-TF PDU."""
+    pos = 6
+    while pos + _PDV_OVERHEAD <= len(pdu):
+        length, _, control = _PDV_HEADER.unpack_from(pdu, pos)
+        yield control, pdu[pos + _PDV_OVERHEAD:pos + 4 + length]
+        pos += 4 + length
+
+
+def _command_elements(command: bytes) -> dict[int, bytes]:
+    """A command set's values by element number (Implicit VR LE, group 0000, PS3.7 6.3.1)."""
+    elements = {}
+    pos = 0
+    while pos + _ELEMENT.size <= len(command):
+        group, element, length = _ELEMENT.unpack_from(command, pos)
+        pos += _ELEMENT.size
+        if group == 0:
+            elements[element] = command[pos:pos + length]
+        pos += length
+    return elements
+
+
+def status_dataset(elements: dict[int, bytes]) -> Dataset:
+    """The response's Status (and Error Comment, if any), as pynetdicom's
+    ``Association.send_c_store`` returns them."""
+    status = Dataset()
+    value = elements.get(0x0900, b"")
+    status.Status = _US.unpack(value)[0] if len(value) == 2 else 0xC000  # no Status: invalid
+    comment = elements.get(0x0902)
+    if comment:
+        status.ErrorComment = comment.decode("ascii", "replace").strip(" \0")
+    return status
 
 def hold_reactor(assoc: Association) -> None:
     """Keep ``assoc``'s reactor paused so it cannot take a C-STORE response off the DIMSE
