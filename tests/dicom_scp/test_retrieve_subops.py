@@ -4,6 +4,7 @@ responses (PS3.4 C.4.2.3.1, C.4.3.3.1), on real associations with pynetdicom pee
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -48,9 +49,12 @@ def load_study(archive: RunningArchive, instances: int, seed: int = 11,
 class Destination:
     """A pynetdicom Storage SCP that keeps each received data set's bytes."""
 
-    def __init__(self, max_pdu: int, abort_after: int | None = None) -> None:
+    def __init__(self, max_pdu: int, abort_after: int | None = None,
+                 stall_after: int | None = None) -> None:
         self.received: dict[str, bytes] = {}
         self.abort_after = abort_after
+        self.stall_after = stall_after
+        self.stalled = threading.Event()  # set to let a stalled handler answer
         self.port = free_port()
         self.ae = AE("STORESCP")
         self.ae.maximum_pdu_size = max_pdu
@@ -60,6 +64,9 @@ class Destination:
     def handle_store(self, event: Event) -> int:
         if self.abort_after is not None and len(self.received) >= self.abort_after:
             event.assoc.abort()
+            return 0xA700
+        if self.stall_after is not None and len(self.received) >= self.stall_after:
+            self.stalled.wait(30)  # no response until the test ends
             return 0xA700
         self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
         return 0x0000
@@ -142,10 +149,11 @@ def counts(status: Dataset) -> tuple[int, int, int, int]:
 @pytest.fixture
 def study_archive(make_archive: Callable[..., RunningArchive]
                   ) -> Callable[..., tuple[RunningArchive, int, str, dict[str, bytes]]]:
-    def make(instances: int, size: int = 64) -> tuple[RunningArchive, int, str, dict[str, bytes]]:
+    def make(instances: int, size: int = 64, **settings: Any
+             ) -> tuple[RunningArchive, int, str, dict[str, bytes]]:
         port = free_port()
         archive = make_archive(remote_aes=(RemoteAE("STORESCP", "127.0.0.1", port),),
-                               precompute_metadata=False)
+                               precompute_metadata=False, **settings)
         study, data_sets = load_study(archive, instances, size=size)
         return archive, port, study, data_sets
     return make
@@ -194,6 +202,25 @@ def test_destination_aborting_mid_move_fails_the_rest_without_hanging(
         statuses = move(archive, study)
     assert counts(statuses[-1]) == (0x0000, 8, 0, 0)
     assert dest.received == data_sets
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_destination_that_stops_answering_is_aborted_after_the_dimse_timeout(
+        study_archive: Callable[..., Any]) -> None:
+    archive, port, study, data_sets = study_archive(6, dimse_timeout=1.0)
+    dest = Destination(16382, stall_after=2)
+    dest.port = port
+    identifiers: list[Dataset | None] = []
+    try:
+        with dest.running():
+            statuses = move(archive, study, identifiers=identifiers)
+    finally:
+        dest.stalled.set()
+    # the third C-STORE got no response: the sub-association was aborted, the rest failed
+    assert counts(statuses[-1]) == (0xB000, 2, 4, 0), statuses[-1]
+    failed = identifiers[-1]
+    assert failed is not None and len(failed.FailedSOPInstanceUIDList) == 4
+    assert len(dest.received) == 2
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
