@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
-from dicom_scp import receive, sender
+from dicom_scp import reactor, receive, sender
 from dicom_scp.find_responses import PendingResponses
 from dicom_scp.status import (
     CANCEL,
@@ -72,9 +72,11 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_conn_open_scp(event: Event, services: Services) -> None:
-    """A peer connected to our listener: TCP_NODELAY, and C-STORE data sets spooled (in
-    memory when small, in ``<data dir>/tmp`` when big; see :mod:`dicom_scp.receive`)."""
+    """A peer connected to our listener: TCP_NODELAY, reactors that do not nap between the
+    messages of a busy association (:mod:`dicom_scp.reactor`), and C-STORE data sets spooled
+    (in memory when small, in ``<data dir>/tmp`` when big; see :mod:`dicom_scp.receive`)."""
     handle_conn_open(event)
+    reactor.install(event.assoc)
     receive.install(event.assoc, services.settings.data_dir / "tmp",
                     services.settings.max_object_size)
 

@@ -1,0 +1,84 @@
+"""The responsive reactors (dicom_scp.reactor) keep pynetdicom's association life cycle:
+requests served, release, abort and the network timeout, and an idle association naps as
+long as pynetdicom's own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from dicom_scp import reactor
+from tests.conftest import RunningArchive, testdata
+
+pytestmark = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+
+
+def _scu() -> AE:
+    ae = AE("REACTORSCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    return ae
+
+
+def _server_association(archive: RunningArchive) -> object:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        active = list(archive.service.server.active_associations)  # type: ignore[union-attr]
+        if active:
+            return active[0]
+        time.sleep(0.01)
+    raise AssertionError("no association on the server")
+
+
+def test_served_associations_use_the_responsive_reactors(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    assoc = _scu().associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    try:
+        served = _server_association(archive)
+        assert isinstance(served, reactor.ResponsiveAssociation)
+        assert isinstance(served.dul, reactor.ResponsiveDUL)  # type: ignore[attr-defined]
+        for _ in range(20):  # many messages in a row, each answered
+            assert assoc.send_c_echo().Status == 0
+        ct = pydicom.dcmread(testdata("CT_small.dcm"))
+        assert assoc.send_c_store(ct).Status == 0
+        assert served.dul._run_loop_delay == reactor.BUSY_DELAY  # type: ignore[attr-defined]
+        time.sleep(reactor.ACTIVE_WINDOW * 3)
+        assert served.dul._run_loop_delay == reactor.IDLE_DELAY  # type: ignore[attr-defined]
+    finally:
+        assoc.release()
+    assert assoc.is_released
+    deadline = time.monotonic() + 5
+    while served.is_alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert not served.is_alive() and served.is_released  # type: ignore[attr-defined]
+
+
+def test_abort_from_the_peer_ends_the_served_association(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    assoc = _scu().associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    served = _server_association(archive)
+    assert assoc.send_c_echo().Status == 0
+    assoc.abort()
+    deadline = time.monotonic() + 5
+    while served.is_alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert not served.is_alive() and served.is_aborted  # type: ignore[attr-defined]
+
+
+def test_idle_association_times_out(make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False, network_timeout=1)
+    assoc = _scu().associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    served = _server_association(archive)
+    assert assoc.send_c_echo().Status == 0
+    deadline = time.monotonic() + 10
+    while served.is_alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert not served.is_alive()  # type: ignore[attr-defined]
+    assert not assoc.is_established or assoc.is_aborted or assoc.is_released
