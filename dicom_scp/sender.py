@@ -105,18 +105,36 @@ def _response(assoc: Association, rsp: Any) -> Dataset:
     return assoc._check_received_status(rsp)
 
 
+def _data_set(chunks: Iterator[bytes]) -> Iterator[bytes | memoryview]:
+    """The data set of a stored Part 10 object given in chunks: the chunks after the File
+    Meta Information (PS3.10 7.1), never joined."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= META_PREFIX:
+            break
+    offset = dataset_offset(head[:META_PREFIX])
+    while len(head) < offset:
+        chunk = next(chunks, b"")
+        if not chunk:
+            raise ValueError("stored object ends inside its File Meta Information")
+        head += chunk
+    yield memoryview(head)[offset:]
+    yield from chunks
+
+
 def _exchange(assoc: Association, cx: PresentationContext, req: _Request,
-              data_set: ChunkReader) -> Dataset:
+              data_set: Iterator[bytes | memoryview]) -> Dataset:
     """One C-STORE, its request written and its response read by this thread
     (:mod:`dicom_scp.subops`); pynetdicom's reactors are not involved."""
     writer, reader = wire.Writer.of(assoc), subops.ResponseReader.of(assoc)
     if writer is None or reader is None:  # TLS: pynetdicom writes (the bytes still streamed)
-        return _exchange_queued(assoc, cx, req, data_set)
+        return _exchange_queued(assoc, cx, req, ChunkReader(bytes(c) for c in data_set))
     if subops.association_lost(assoc):
         subops.resume_reactor(assoc)
         raise ConnectionError(f"association with {_peer(assoc)} ended")
     subops.hold_reactor(assoc)
-    batches = subops.message_batches(cast(int, cx.context_id), req.command(), data_set.read,
+    batches = subops.message_batches(cast(int, cx.context_id), req.command(), data_set,
                                      assoc.dimse.maximum_pdu_size)
     half_sent = False
 
@@ -261,9 +279,7 @@ def install(assoc: Association) -> None:
         chunks = dataset.open()
         try:
             if same is not None:
-                reader = ChunkReader(chunks)
-                reader.skip(dataset_offset(reader.read(META_PREFIX)) - META_PREFIX)
-                return _exchange(assoc, same, req, reader)
+                return _exchange(assoc, same, req, _data_set(chunks))
             if not accepted:
                 raise ValueError(f"peer accepted no context for {dataset.SOPClassUID}")
             # decoding needs the whole object: a transcoded object is held in memory
@@ -272,7 +288,7 @@ def install(assoc: Association) -> None:
             chunks.close()  # type: ignore[attr-defined]
         log.info("transcoded %s from %s to %s for %s", dataset.SOPInstanceUID, ts,
                  cx.transfer_syntax[0], _peer(assoc))
-        return _exchange(assoc, cx, req, ChunkReader(iter([data])))
+        return _exchange(assoc, cx, req, iter([data]))
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
 

@@ -35,7 +35,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -57,6 +57,7 @@ _US = struct.Struct("<H")
 _PDU_HEADER = struct.Struct(">BxI")  # PDU type, reserved, PDU length (PS3.8 9.3)
 _PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context ID, control header
 _PDV_OVERHEAD = _PDV_HEADER.size  # 6: what a PDV adds to its fragment
+_PDATA_HEADER = struct.Struct(">BxIIBB")  # a P-DATA-TF PDU's header and its one PDV's
 _ELEMENT = struct.Struct("<HHI")  # implicit VR little endian: group, element, length
 
 
@@ -81,29 +82,54 @@ def fragment_size(max_pdu: int) -> int:
     return max_pdu - _PDV_OVERHEAD
 
 
-def message_batches(context_id: int, command: bytes, read: Callable[[int], bytes],
+def message_batches(context_id: int, command: bytes, data_set: Iterable[bytes | memoryview],
                     max_pdu: int, batch: int = BATCH) -> Iterator[bytes]:
-    """The PDUs of a message whose data set is read with ``read(n)`` (already in the
-    context's transfer syntax), joined into writes of about ``batch`` bytes: the command set
-    fragments, then the data set fragments, the last one flagged (PS3.8 E.2). Memory holds
-    one batch, whatever the object's size."""
+    """The PDUs of one message, joined into writes of about ``batch`` bytes: the command set
+    fragments, then the fragments of the data set, which arrives in chunks of any size
+    (already in the context's transfer syntax); the last fragment of each is flagged
+    (PS3.8 E.2). A fragment may span chunks; each byte of the data set is copied once, into
+    its batch, and memory holds one batch and one chunk, whatever the object's size.
+
+    ``wire.pdv_pdu`` frames whole fragments (a copy each); here PDU and PDV headers go
+    between slices of the chunks instead.
+    """
     size = fragment_size(max_pdu)
-    parts: list[bytes] = []
-    pending = 0
+    parts: list[bytes | memoryview] = []
     for pos in range(0, len(command), size):
         last = wire.LAST if pos + size >= len(command) else 0
         parts.append(wire.pdv_pdu(context_id, wire.COMMAND | last, command[pos:pos + size]))
-    fragment = read(size)
-    while True:
-        following = read(size)
-        parts.append(wire.pdv_pdu(context_id, 0 if following else wire.LAST, fragment))
-        pending += len(fragment)
-        if pending >= batch or not following:
-            yield b"".join(parts)
-            parts, pending = [], 0
-        if not following:
-            return
-        fragment = following
+    pending = 0
+    fragment: list[memoryview] = []  # slices of the chunks making up the next fragment
+    filled = 0
+
+    def frame(control: int) -> None:
+        nonlocal filled, pending
+        parts.append(_PDATA_HEADER.pack(0x04, filled + _PDV_OVERHEAD, filled + 2, context_id,
+                                        control))
+        parts.extend(fragment)
+        pending += filled
+        fragment.clear()
+        filled = 0
+
+    chunks = (c for c in data_set if len(c))  # an empty chunk would read as the end
+    chunk = next(chunks, b"")
+    while chunk:
+        following = next(chunks, b"")
+        view = memoryview(chunk)
+        pos = 0
+        while pos < len(view):
+            take = min(size - filled, len(view) - pos)
+            fragment.append(view[pos:pos + take])
+            filled += take
+            pos += take
+            if filled == size and (pos < len(view) or following):  # more data after it
+                frame(0)
+                if pending >= batch:
+                    yield b"".join(parts)
+                    parts, pending = [], 0
+        chunk = following
+    frame(wire.LAST)  # the last fragment (empty for an empty data set)
+    yield b"".join(parts)
 
 
 class ResponseReader:
