@@ -6,8 +6,10 @@ accepted (decompressed, VR made explicit or implicit, byte order swapped as need
 pynetdicom encodes every dataset it sends, so both paths build the C-STORE message
 themselves, installed per association with :func:`install`: the stored bytes are streamed
 from storage in P-DATA fragments after the command set (never whole in memory); a transcoded
-object is decoded and encoded in memory. The fragments are written by the calling thread
-(:mod:`dicom_scp.subops`), not queued one by one for pynetdicom's DUL thread.
+object is decoded and encoded in memory. The thread that serves the C-MOVE/C-GET writes the
+request's PDUs in large batches and reads the C-STORE response itself (:mod:`dicom_scp.subops`),
+instead of queueing PDUs one by one for pynetdicom's DUL thread and waiting for its polling
+reactors; on a socket it cannot write to directly (TLS) it falls back to pynetdicom's queue.
 """
 
 from __future__ import annotations
