@@ -145,9 +145,11 @@ class Writer:
         send_pdu = dul.send_pdu
 
         def locked_send(pdu: Any) -> None:  # runs in the DUL thread
-            if isinstance(pdu, P_DATA_TF) and not pdu.presentation_data_value_items:
-                if self._markers:  # our marker: everything queued before it is written
-                    self._markers.popleft().set()
+            if (self._markers and isinstance(pdu, P_DATA_TF)
+                    and not pdu.presentation_data_value_items):
+                # our marker: everything queued before it is written. Another writer's
+                # marker (one installed before us) goes on to its wrapper below.
+                self._markers.popleft().set()
                 return
             with self._lock:
                 send(pdu)

@@ -1,10 +1,12 @@
 """Our DIMSE encoding equals pydicom's and pynetdicom's, byte for byte (PS3.7 6.3.1, E.1;
 PS3.8 9.3.5, E.2; PS3.5 7.1): command sets, P-DATA-TF framing and C-FIND identifiers in the
 three uncompressed transfer syntaxes, the identifiers drawn by hypothesis over every key the
-query engine can return at each level."""
+query engine can return at each level; and the writer keeps its bytes in order with
+pynetdicom's on a live association."""
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 from typing import Any
 
@@ -14,8 +16,9 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pynetdicom import AE
 from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_STORE_RQ, DIMSEMessage
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from dicom_scp import handlers, wire
@@ -28,6 +31,7 @@ from dicom_scp.identifier import (
     Unsupported,
 )
 from pacs.index.attributes import ATTRIBUTES, Level
+from tests.conftest import RunningArchive
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -294,3 +298,51 @@ def test_values_pydicom_could_not_write_raise() -> None:
         encoder.encode({"Rows": 70000, "StudyDescription": None})
     with pytest.raises(Exception):  # noqa: B017 - explicit VR: 16-bit length
         encoder.encode({"Rows": None, "StudyDescription": "x" * 70000})
+
+
+# -- the writer on a live association ----------------------------------------------------------
+
+def echo_request(message_id: int) -> bytes:
+    command = wire.command_set(AffectedSOPClassUID="1.2.840.10008.1.1", CommandField=0x0030,
+                               MessageID=message_id, CommandDataSetType=wire.NO_DATA_SET)
+    return wire.message_pdus(1, command, None, 0)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_writers_keep_order_with_pynetdicom_and_with_each_other(
+        archive: RunningArchive) -> None:
+    """Our writes interleave with pynetdicom's queued messages in program order, and two
+    writers installed on one association (as C-FIND and the sub-operations each install one)
+    never wait for each other's marker."""
+    ae = AE("WIRESCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert assoc.is_established and assoc.accepted_contexts[0].context_id == 1
+    first = wire.Writer.of(assoc)
+    assert first is not None and wire.Writer.of(assoc) is first
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    second = wire.Writer(assoc, sock)  # installed on top of the first
+    assoc._reactor_checkpoint.clear()  # we read the responses ourselves
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    message_ids = []
+    for message_id in range(1, 13):
+        if message_id % 3 == 0:  # through pynetdicom's queue
+            req = C_ECHO()
+            req.MessageID = message_id
+            req.AffectedSOPClassUID = "1.2.840.10008.1.1"
+            assoc.dimse.send_msg(req, 1)
+        else:
+            writer = first if message_id % 3 == 1 else second
+            started = time.monotonic()
+            assert writer.write(echo_request(message_id))
+            assert time.monotonic() - started < 5
+        message_ids.append(message_id)
+    answered = []
+    for _ in message_ids:
+        _, rsp = assoc.dimse.get_msg(block=True)
+        answered.append(rsp.MessageIDBeingRespondedTo)
+    assoc._reactor_checkpoint.set()
+    assoc.release()
+    assert answered == message_ids
+    assert not first.write(echo_request(99))  # released: nothing written
