@@ -57,13 +57,13 @@ Listener = Callable[[StoreOutcome, InstanceHeader], None]
 
 
 def new_storage_key(now: datetime | None = None) -> str:
-    """A fresh opaque key under the day of receipt (UTC) and a 256-way fan-out:
-    ``20261123/ab/abcd…ef.dcm`` (docs/adr/0001-blob-keys.md). Objects received together share
-    folders, so a folder store creates (and fsyncs) at most 257 folders a day instead of up
+    """A fresh opaque key under the day of receipt (UTC) and a 16-way fan-out:
+    ``20261123/a/abcd…ef.dcm`` (docs/adr/0001-blob-keys.md). Objects received together share
+    folders, so a folder store creates (and fsyncs) at most 17 folders a day instead of up
     to two per object; a day's objects are one prefix for incremental backups."""
     name = uuid.uuid4().hex
     day = (now or datetime.now(UTC)).strftime("%Y%m%d")
-    return f"{day}/{name[:2]}/{name}.dcm"
+    return f"{day}/{name[0]}/{name}.dcm"
 
 
 @dataclass

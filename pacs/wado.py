@@ -21,7 +21,7 @@ from pacs.context import Caller
 from pacs.dicomjson import BASE, instance_metadata, join_metadata
 from pacs.errors import InvalidInput, NotFound, StorageUnavailable
 from pacs.index.attributes import Level
-from pacs.index.db import writer
+from pacs.index.db import write_lock, writer
 from pacs.index.models import Instance
 from pacs.retrieve import RetrieveService, StoredInstance
 from pacs.transcode import can_transcode, transcode
@@ -203,8 +203,9 @@ class WadoService:
             return
         stmt = (update(Instance).where(Instance.sop_instance_uid == bindparam("uid"))
                 .values(metadata_json=bindparam("text")))
-        try:
-            with writer(self.engine).begin() as conn:
+        engine = writer(self.engine)
+        try:  # in the writers' queue: a SQLite writer outside it makes the others oversleep
+            with write_lock(engine), engine.begin() as conn:
                 conn.execute(stmt, [{"uid": uid, "text": text} for uid, text in texts.items()])
         except SQLAlchemyError as exc:  # a cache: failing to keep it is not an error
             log.warning("could not cache metadata of %d instance(s): %s", len(texts), exc)

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from pacs.dicom.names import fold
@@ -25,6 +24,11 @@ from pacs.dicom.uids import clean_uid, is_valid_uid
 from pacs.errors import InvalidInput
 
 IMPLEMENTATION_VERSION = "MINIPACS_010"
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_META_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_META_LONG = struct.Struct("<HH2s2xI")  # OB/OW/UN/SQ...: reserved, 32-bit length
+_IMPLEMENTATION_UID = str(PYDICOM_IMPLEMENTATION_UID).encode("ascii")
+_IMPLEMENTATION_NAME = IMPLEMENTATION_VERSION.encode("ascii")
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _SEQ_DELIM_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -228,23 +232,39 @@ def _build_header(ds: Dataset, uids: dict[str, str], ts: str,
     )
 
 
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One File Meta element, explicit VR little endian (PS3.5 7.1.2), value padded to an
+    even length (NUL for UI, space for text)."""
+    if len(value) % 2:
+        value += b"\x00" if vr in (b"UI", b"OB") else b" "
+    if vr == b"OB":
+        return _META_LONG.pack(2, element, vr, len(value)) + value
+    return _META_SHORT.pack(2, element, vr, len(value)) + value
+
+
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                     source_ae: str = "") -> bytes:
     """Preamble, ``DICM`` and File Meta Information (PS3.10 7.1) for a data set received over
-    DIMSE: write these, then the data set bytes unchanged, and the result is a Part 10 file."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae.strip()[:16]
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
+    DIMSE: write these, then the data set bytes unchanged, and the result is a Part 10 file.
+
+    Encoded by hand (the same bytes pydicom's ``write_file_meta_info`` writes, see the tests):
+    it runs once per C-STORE, and pydicom's dataset machinery cost more than the rest of
+    receiving a small object. Values are the request's, as received; the ingest checks them.
+    """
+    def text(value: str) -> bytes:
+        return value.encode("latin-1", "replace")
+
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", text(sop_class_uid)),
+        _meta_element(0x0003, b"UI", text(sop_instance_uid)),
+        _meta_element(0x0010, b"UI", text(transfer_syntax_uid)),
+        _meta_element(0x0012, b"UI", _IMPLEMENTATION_UID),
+        _meta_element(0x0013, b"SH", _IMPLEMENTATION_NAME),
+        _meta_element(0x0016, b"AE", text(source_ae.strip()[:16])) if source_ae.strip() else b"",
+    ))
+    return (_PREAMBLE + _META_SHORT.pack(2, 0x0000, b"UL", 4) + struct.pack("<I", len(body))
+            + body)
 
 
 def part10_bytes(dataset: bytes, sop_class_uid: str, sop_instance_uid: str,
