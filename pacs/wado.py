@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 PRECOMPUTE_BATCH = 200  # instances whose metadata is written in one transaction
 PRECOMPUTE_GATHER = 0.2  # seconds to wait for more stored instances before writing a batch
+PRECOMPUTE_IDLE = 0.5  # seconds without a store before metadata is precomputed
 
 
 class NotAcceptableSyntax(InvalidInput):
@@ -51,6 +53,8 @@ class WadoService:
     render_cache: Any = field(default=None)  # a pacs.render.RenderCache, made on first use
     _queue: queue.Queue[str | None] | None = field(default=None, init=False, repr=False)
     _worker: threading.Thread | None = field(default=None, init=False, repr=False)
+    _last_store: float = field(default=0.0, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
 
     def start_precompute(self, max_pending: int = 10_000) -> None:
         """Compute each new instance's metadata in the background, after its store was
@@ -62,6 +66,7 @@ class WadoService:
 
     def on_stored(self, outcome: Any, header: Any) -> None:
         """Ingest listener: queue the instance (dropped when the queue is full)."""
+        self._last_store = time.monotonic()
         if self._queue is not None and outcome.status.value == "stored":
             try:
                 self._queue.put_nowait(outcome.sop_instance_uid)
@@ -69,13 +74,17 @@ class WadoService:
                 pass  # computed on first request instead
 
     def _precompute_loop(self) -> None:
-        """Drain the queue in batches: one index transaction per batch, not per instance
-        (each write transaction takes the SQLite writer lock and an fsync that the C-STOREs
-        in flight need)."""
+        """Drain the queue in batches once stores pause for :data:`PRECOMPUTE_IDLE` seconds
+        (the work costs about as much CPU as a store, and a study is read once it has
+        arrived), one index transaction per batch (each write transaction takes the SQLite
+        writer lock and an fsync that the C-STOREs in flight need)."""
         assert self._queue is not None
         caller = Caller.system("metadata")
         while True:
             uids = [self._queue.get()]
+            while (uids[0] is not None and not self._stopping
+                   and time.monotonic() - self._last_store < PRECOMPUTE_IDLE):
+                time.sleep(PRECOMPUTE_IDLE / 4)
             while len(uids) < PRECOMPUTE_BATCH and uids[-1] is not None:
                 try:
                     uids.append(self._queue.get(timeout=PRECOMPUTE_GATHER))
@@ -95,6 +104,7 @@ class WadoService:
                 return
 
     def stop_precompute(self) -> None:
+        self._stopping = True
         if self._queue is not None and self._worker is not None:
             try:
                 self._queue.put(None, timeout=1)
