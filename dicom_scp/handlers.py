@@ -189,10 +189,12 @@ def handle_find(event: Event, services: Services) -> Iterator[tuple[int, Dataset
                 yield CANCEL, None
                 return
             count += 1
-            if direct is not None and direct.add(match):
-                continue
-            if direct is not None and direct.lost:
-                break
+            if direct is not None:
+                taken = direct.add(match)
+                if direct.lost:
+                    break
+                if taken:
+                    continue
             yield PENDING, _response(match, level, ae_title)
         if direct is not None and not direct.flush():
             log.info("C-FIND by %s: association ended after %d match(es)", caller,
