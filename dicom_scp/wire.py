@@ -160,6 +160,7 @@ class Writer:
 
         dul._send = locked_send  # type: ignore[method-assign]
         dul.send_pdu = noted_send_pdu  # type: ignore[method-assign]
+        self._enqueue = send_pdu  # under our note: wakes a DUL that waits for work
 
     @classmethod
     def of(cls, assoc: Association) -> Writer | None:
@@ -188,7 +189,7 @@ class Writer:
         marker = threading.Event()
         self._markers.append(marker)
         self._queued = False
-        self._assoc.dul.to_provider_queue.put(P_DATA())  # not send_pdu: no note, no event
+        self._enqueue(P_DATA())
         while not marker.wait(poll):
             if not self._assoc.is_established:
                 return False
