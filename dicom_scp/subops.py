@@ -38,7 +38,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from pydicom.config import IGNORE
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, A_RELEASE
@@ -53,6 +56,7 @@ POLL = 0.05  # seconds between two looks at the association while a response is 
 _C_STORE_RSP = struct.pack("<H", 0x8001)  # CommandField
 _NO_DATA_SET = struct.pack("<H", 0x0101)  # CommandDataSetType: no data set follows
 _US = struct.Struct("<H")
+_STATUS = Tag(0x0000, 0x0900)
 
 _PDU_HEADER = struct.Struct(">BxI")  # PDU type, reserved, PDU length (PS3.8 9.3)
 _PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context ID, control header
@@ -285,14 +289,16 @@ def _command_elements(command: bytes) -> dict[int, bytes]:
 
 def status_dataset(elements: dict[int, bytes]) -> Dataset:
     """The response's Status (and Error Comment, if any), as pynetdicom's
-    ``Association.send_c_store`` returns them."""
+    ``Association.send_c_store`` returns them (a missing Status reads as 0xC000)."""
     status = Dataset()
     value = elements.get(0x0900, b"")
-    status.Status = _US.unpack(value)[0] if len(value) == 2 else 0xC000  # no Status: invalid
+    code = _US.unpack(value)[0] if len(value) == 2 else 0xC000
+    status._dict[_STATUS] = DataElement(_STATUS, "US", code, validation_mode=IGNORE)
     comment = elements.get(0x0902)
     if comment:
         status.ErrorComment = comment.decode("ascii", "replace").strip(" \0")
     return status
+
 
 def hold_reactor(assoc: Association) -> None:
     """Keep ``assoc``'s reactor paused so it cannot take a C-STORE response off the DIMSE
