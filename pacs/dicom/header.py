@@ -85,6 +85,9 @@ class InstanceHeader:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
+    raw = _raw_text(ds, keyword)
+    if raw is not None:
+        return raw
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -96,7 +99,50 @@ def _text(ds: Dataset, keyword: str) -> str:
     return text.replace("\x00", "").strip()
 
 
+# Character sets whose text decodes with one Python codec and no code extensions, so that a
+# raw value decodes to what pydicom would give (values joined by backslashes)
+_SIMPLE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1",
+                    "ISO_IR 192": "utf-8"}
+_TAGS: dict[str, int] = {}
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """The text of ``keyword`` decoded straight from the still-undecoded element, as pydicom
+    would decode it; None when that is not certain (other character sets, an element pydicom
+    has already converted, a value that does not decode): then pydicom decodes it.
+    pydicom's element conversion was most of the header parse."""
+    codec = _SIMPLE_CHARSETS.get(_charset(ds))
+    if codec is None:
+        return None
+    elem = ds._dict.get(_tag(keyword))  # type: ignore[arg-type]
+    if elem is None:
+        return ""
+    if not isinstance(elem, pydicom.dataelem.RawDataElement) or elem.value is None:
+        return None
+    try:
+        text = bytes(elem.value).decode(codec)
+    except UnicodeDecodeError:
+        return None  # pydicom replaces or falls back per its settings
+    return text.replace("\x00", "").strip()
+
+
+def _charset(ds: Dataset) -> str:
+    elem = ds._dict.get(0x00080005)  # type: ignore[arg-type]
+    if elem is None:
+        return ""
+    if isinstance(elem, pydicom.dataelem.RawDataElement):
+        return bytes(elem.value or b"").decode("ascii", "replace").strip(" \x00")
+    value = elem.value
+    return "\\".join(value) if isinstance(value, pydicom.multival.MultiValue) else str(value or "")
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
+    if pydicom.datadict.dictionary_VR(_tag(keyword)) == "IS":
+        raw = _raw_text(ds, keyword)
+        if raw == "":
+            return None
+        if raw is not None and raw.isdigit():
+            return int(raw)
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -104,6 +150,13 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _tag(keyword: str) -> int:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = int(pydicom.datadict.tag_for_keyword(keyword) or 0)
+    return tag
 
 
 def _pixel_location(head: bytes, pos: int, total: int, tail: bytes, little: bool,
