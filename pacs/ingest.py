@@ -6,7 +6,9 @@ failure remove the bytes -> only then report success -> notify listeners, whose 
 fail a store.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
-idempotent success (``ALREADY_STORED``, nothing written); with different bytes it is refused
+idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
+a duplicate by the index insert, and removed; one above 16 MiB is looked up first); with
+different bytes it is refused
 (:class:`DuplicateConflict`) under the default policy ``reject``, or replaces the stored
 object under ``overwrite``.
 """
@@ -35,6 +37,7 @@ from pacs.index import writer
 from pacs.index.db import writer as write_engine
 
 log = logging.getLogger(__name__)
+LOOKUP_FIRST = 16 << 20  # objects above this size are looked up before they are written
 
 
 class StoreStatus(enum.Enum):
@@ -98,9 +101,11 @@ class IngestService:
                                f"{self.max_object_size} bytes")
         header = source.header()
         self._check_expected(header, sop_instance, sop_class, study)
-        existing = self._lookup(header.sop_instance_uid)
-        if existing is not None:
-            return self._duplicate(caller, header, source, source.sha256(), existing)
+        if source.length > LOOKUP_FIRST:  # a resent big object is not written again
+            existing = self._lookup(header.sop_instance_uid)
+            if existing is not None:
+                return self._duplicate(caller, header, source, source.sha256(), existing)
+        # otherwise the insert finds a duplicate (``raced`` below): one query less per store
         key = new_storage_key()
         digest = self._put(key, source)
         obj = writer.NewObject(key, source.length, digest,
