@@ -271,18 +271,22 @@ def _transcode(raw: bytes, accepted: list[PresentationContext]
     return cx, fp.getvalue()
 
 
-def install(assoc: Association) -> None:
+def install(assoc: Association, responses: Association | None = None) -> None:
     """Make ``assoc.send_c_store`` understand :class:`StoredDataset` (raw or transcoded).
 
-    Called for the association that carries the C-STORE sub-operations: the C-MOVE
-    sub-association (at its EVT_ESTABLISHED, in the thread serving the C-MOVE) or the C-GET
-    association; the association that carries the C-MOVE/C-GET responses then sends at most
-    one pending response per :data:`subops.PENDING_INTERVAL` (:func:`subops.thin_pending`).
+    ``assoc`` carries the C-STORE sub-operations: the C-MOVE sub-association (installed at
+    its EVT_ESTABLISHED) or the C-GET association. ``responses`` carries the C-MOVE/C-GET
+    responses, which then include at most one pending response per
+    :data:`subops.PENDING_INTERVAL` (:func:`subops.thin_pending`); by default the association
+    whose request the calling thread serves (pynetdicom serves each request in its
+    association's own thread, which also establishes the C-MOVE sub-association).
     """
     original = assoc.send_c_store
-    serving = threading.current_thread()
-    if isinstance(serving, Association):  # the association whose request is being served
-        subops.thin_pending(serving)
+    if responses is None:
+        serving = threading.current_thread()
+        responses = serving if isinstance(serving, Association) else None
+    if responses is not None:
+        subops.thin_pending(responses)
 
     def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
