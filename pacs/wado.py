@@ -185,18 +185,11 @@ class WadoService:
                     .where(Instance.sop_instance_uid.in_(uids))).all())
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
-        texts = []
-        for inst in found:
-            text = cached.get(inst.sop_instance_uid)
-            if text is None:
-                text = self._make_metadata(inst)
-            texts.append(text)
-        return join_metadata(texts, base)
-
-    def _make_metadata(self, inst: StoredInstance) -> str:
-        text = self._compute_metadata(inst)
-        self._cache_metadata({inst.sop_instance_uid: text})
-        return text
+        missing = {inst.sop_instance_uid: self._compute_metadata(inst)
+                   for inst in found if cached.get(inst.sop_instance_uid) is None}
+        self._cache_metadata(missing)  # one transaction for all of them
+        return join_metadata([cached.get(inst.sop_instance_uid) or missing[inst.sop_instance_uid]
+                              for inst in found], base)
 
     def _compute_metadata(self, inst: StoredInstance) -> str:
         if inst.pixel_data_offset is not None:  # the header alone, not a 1 GB object
