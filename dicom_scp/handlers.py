@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
-from dicom_scp import reactor, receive, sender
+from dicom_scp import inbound, reactor, receive, sender
 from dicom_scp.find_responses import PendingResponses
 from dicom_scp.status import (
     CANCEL,
@@ -37,7 +37,7 @@ from dicom_scp.status import (
     status_for,
 )
 from pacs.context import Caller
-from pacs.dicom.header import part10_bytes
+from pacs.dicom.header import file_meta_bytes
 from pacs.errors import InvalidInput, PacsError, UnknownDestination
 from pacs.index.attributes import ATTRIBUTES, Level
 from pacs.query import QueryRequest
@@ -73,48 +73,68 @@ def handle_echo(event: Event) -> int:
 
 def handle_conn_open_scp(event: Event, services: Services) -> None:
     """A peer connected to our listener: TCP_NODELAY, reactors that do not nap between the
-    messages of a busy association (:mod:`dicom_scp.reactor`), and C-STORE data sets spooled
-    (in memory when small, in ``<data dir>/tmp`` when big; see :mod:`dicom_scp.receive`)."""
+    messages of a busy association (:mod:`dicom_scp.reactor`), C-STORE requests served by
+    the thread that reads them (:mod:`dicom_scp.inbound`; with TLS, pynetdicom's path), and
+    their data sets spooled (in memory when small, in ``<data dir>/tmp`` when big; see
+    :mod:`dicom_scp.receive`)."""
     handle_conn_open(event)
-    reactor.install(event.assoc)
-    receive.install(event.assoc, services.settings.data_dir / "tmp",
-                    services.settings.max_object_size)
+    assoc = event.assoc
+    reactor.install(assoc)
+    tmp_dir = services.settings.data_dir / "tmp"
+    limit = services.settings.max_object_size
+
+    def serve(assoc: Any, request: inbound.StoreRequest,
+              received: receive.ReceivedDataset) -> int:
+        requestor = assoc.requestor
+        caller = Caller.dicom(requestor.ae_title, f"{requestor.address}:{requestor.port}")
+        return store_received(services, caller, received, request.sop_class_uid,
+                              request.sop_instance_uid)
+
+    inbound.install(assoc, serve, tmp_dir, limit)
+    receive.install(assoc, tmp_dir, limit)
 
 
-def handle_store(event: Event, services: Services) -> int:
-    """C-STORE: Success only once the object is durable and indexed (PS3.4 B.2.3)."""
-    caller = caller_of(event)
-    req = event.request
-    received = req.DataSet
+def store_received(services: Services, caller: Caller, received: receive.ReceivedDataset,
+                   sop_class_uid: str, sop_instance_uid: str) -> int:
+    """Store a received C-STORE data set; the status for the response. Success only once
+    the object is durable and indexed (PS3.4 B.2.3)."""
     try:
-        if isinstance(received, receive.ReceivedDataset):
-            if received.too_large:
-                raise InvalidInput(f"object of {received.received} bytes exceeds the limit of "
-                                   f"{received.limit} bytes")
-            if received.length <= received.meta_length:
-                raise InvalidInput("empty data set")
-            part10: bytes | BinaryIO = received.part10()
-        else:  # the whole message came in one P-DATA: never spooled
-            data = received.getvalue() if received is not None else b""
-            if not data:
-                raise InvalidInput("empty data set")
-            part10 = part10_bytes(data, req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
-                                  event.context.transfer_syntax, caller.name)
-        services.ingest.store_instance(caller, part10,
-                                       expected_sop_instance_uid=req.AffectedSOPInstanceUID,
-                                       expected_sop_class_uid=req.AffectedSOPClassUID)
+        if received.too_large:
+            raise InvalidInput(f"object of {received.received} bytes exceeds the limit of "
+                               f"{received.limit} bytes")
+        if received.length <= received.meta_length:
+            raise InvalidInput("empty data set")
+        services.ingest.store_instance(caller, received.part10(),
+                                       expected_sop_instance_uid=sop_instance_uid,
+                                       expected_sop_class_uid=sop_class_uid)
     except PacsError as exc:
         status = status_for(STORE_STATUS, exc, STORE_CANNOT_UNDERSTAND)
-        log.warning("C-STORE %s from %s failed: 0x%04X %s", req.AffectedSOPInstanceUID, caller,
+        log.warning("C-STORE %s from %s failed: 0x%04X %s", sop_instance_uid, caller,
                     status, exc)
         return status
     except Exception:  # noqa: BLE001 - never crash an association; the modality resends
-        log.exception("C-STORE %s from %s: unexpected error", req.AffectedSOPInstanceUID, caller)
+        log.exception("C-STORE %s from %s: unexpected error", sop_instance_uid, caller)
         return STORE_OUT_OF_RESOURCES
-    finally:
-        if received is not None:
-            received.close()  # drops the spool (memory or temporary file)
     return SUCCESS
+
+
+def handle_store(event: Event, services: Services) -> int:
+    """C-STORE through pynetdicom (TLS associations, or a command set split over PDUs)."""
+    caller = caller_of(event)
+    req = event.request
+    received = req.DataSet
+    if not isinstance(received, receive.ReceivedDataset):  # came whole in one P-DATA
+        data = received.getvalue() if received is not None else b""
+        meta = file_meta_bytes(req.AffectedSOPClassUID, req.AffectedSOPInstanceUID,
+                               event.context.transfer_syntax, caller.name)
+        received = receive.ReceivedDataset(meta, len(meta) + len(data),
+                                           services.settings.data_dir / "tmp")
+        received.write(data)
+    try:
+        return store_received(services, caller, received, req.AffectedSOPClassUID,
+                              req.AffectedSOPInstanceUID)
+    finally:
+        received.close()  # drops the spool (memory or temporary file)
 
 
 def _identifier_filters(identifier: Dataset) -> tuple[dict[str, str], list[str]]:

@@ -52,6 +52,7 @@ class ResponsiveDUL(DULServiceProvider):
 
     _wake: tuple[socket.socket, socket.socket] | None = None
     _checked_socket = True  # the last loop looked at the socket (see _run_loop_delay)
+    inbound: Any = None  # a dicom_scp.inbound.InboundReader: reads PDUs while established
 
     def enable_wakeups(self) -> None:
         pair = socket.socketpair()
@@ -88,6 +89,12 @@ class ResponsiveDUL(DULServiceProvider):
     def _is_transport_event(self) -> bool:
         self._checked_socket = True
         return super()._is_transport_event()
+
+    def _read_pdu_data(self) -> None:
+        if self.inbound is not None and self.state_machine.current_state == "Sta6":
+            self.inbound.read_pdu()
+        else:
+            super()._read_pdu_data()
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)

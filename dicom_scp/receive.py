@@ -34,17 +34,20 @@ IN_MEMORY = 4 << 20
 class ReceivedDataset(BytesIO):
     """The data set of one C-STORE request, spooled as a Part 10 file.
 
-    A ``BytesIO`` subclass only because pynetdicom's primitives accept nothing else; the base
-    buffer stays empty and every write goes to :attr:`spool`.
+    Up to ``in_memory`` bytes are kept as the received pieces (joined once, by
+    :meth:`part10`); beyond that everything goes to an anonymous temporary file in
+    ``tmp_dir``. A ``BytesIO`` subclass only because pynetdicom's primitives accept nothing
+    else; the base buffer stays empty.
     """
 
     def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1) -> None:
         super().__init__()
-        self.spool: BinaryIO = cast(BinaryIO, tempfile.SpooledTemporaryFile(
-            max_size=in_memory, dir=tmp_dir))
-        self.spool.write(meta)
+        self._pieces: list[bytes] = [meta]
+        self._file: BinaryIO | None = None
+        self._size = len(meta)  # bytes kept
         self.meta_length = len(meta)
         self.in_memory = in_memory
+        self.tmp_dir = tmp_dir
         self.limit = limit
         self.received = len(meta)  # bytes of the Part 10 file received, kept or not
 
@@ -54,33 +57,55 @@ class ReceivedDataset(BytesIO):
         return 0 <= self.limit < self.received
 
     def write(self, data: Any) -> int:
-        self.received += len(data)
+        size = len(data)
+        self.received += size
         if self.too_large:
-            if self.spool.tell() > self.meta_length:
-                self.spool.truncate(self.meta_length)  # give the disk space back at once
-                self.spool.seek(self.meta_length)
-            return len(data)
-        return self.spool.write(data)
+            if self._size > self.meta_length:  # give the memory or disk space back at once
+                if self._file is not None:
+                    self._file.truncate(self.meta_length)
+                    self._file.seek(self.meta_length)
+                else:
+                    self._pieces = self._pieces[:1]
+                self._size = self.meta_length
+            return size
+        if self._file is None and self._size + size > self.in_memory:
+            self._file = cast(BinaryIO, tempfile.TemporaryFile(dir=self.tmp_dir))
+            self._file.writelines(self._pieces)
+            self._pieces = []
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._pieces.append(bytes(data))
+        self._size += size
+        return size
 
     @property
     def length(self) -> int:
         """Bytes of the Part 10 file (File Meta Information and data set)."""
-        return self.spool.seek(0, 2)
+        return self._size
 
     def part10(self) -> bytes | BinaryIO:
         """The Part 10 file: its bytes when small, else the spool file at offset 0."""
-        small = self.length <= self.in_memory
-        self.spool.seek(0)
-        return self.spool.read() if small else self.spool
+        if self._file is not None:
+            self._file.seek(0)
+            return self._file
+        if len(self._pieces) > 1:
+            self._pieces = [b"".join(self._pieces)]
+        return self._pieces[0]
 
     def getvalue(self) -> bytes:
         """The data set bytes when held in memory; once spilled to disk, only its first
         64 KiB (pynetdicom's logging handler only checks that the data set is not empty)."""
-        self.spool.seek(self.meta_length)
-        return self.spool.read(None if self.length <= self.in_memory else 1 << 16)
+        part10 = self.part10()
+        if isinstance(part10, bytes):
+            return part10[self.meta_length:]
+        part10.seek(self.meta_length)
+        return part10.read(1 << 16)
 
     def close(self) -> None:
-        self.spool.close()
+        if self._file is not None:
+            self._file.close()
+        self._pieces = []
         super().close()
 
 

@@ -220,7 +220,7 @@ class ResponseReader:
                 if elements is None:
                     command += fragment
                     if control & wire.LAST:
-                        elements = _command_elements(bytes(command))
+                        elements = command_elements(bytes(command))
                         complete = elements.get(0x0800) == _NO_DATA_SET
                 elif control & wire.LAST:  # the last fragment of a data set
                     complete = True
@@ -274,7 +274,7 @@ def _pdvs(pdu: bytes) -> Iterator[tuple[int, bytes]]:
         pos += 4 + length
 
 
-def _command_elements(command: bytes) -> dict[int, bytes]:
+def command_elements(command: bytes) -> dict[int, bytes]:
     """A command set's values by element number (Implicit VR LE, group 0000, PS3.7 6.3.1)."""
     elements = {}
     pos = 0

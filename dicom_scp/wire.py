@@ -195,6 +195,12 @@ class Writer:
                 return False
         return True
 
+    def send_from_dul(self, data: bytes) -> None:
+        """Write ``data`` (whole PDUs) from the DUL thread itself (its queue is written in
+        that thread, so nothing queued can be pending); raises OSError as ``sendall``."""
+        with self._lock:
+            self._socket.sendall(data)
+
     def write(self, data: bytes) -> bool:
         """Write ``data`` (whole PDUs) after everything already queued for the peer; False,
         and nothing written, if the association is no longer established; False too if the

@@ -186,9 +186,13 @@ def _insert_batch(batch: Sequence[Item[_Pending, StoredRow]]) -> None:
     """One transaction for the whole batch; on a failure other than a lost connection, each
     item again in its own transaction so one bad item (or a deadlock between nodes) fails
     only itself."""
-    engine = batch[0].work.engine.execution_options(**{WRITE_OPTION: True})
     # a fixed order (SOP Instance UID) so two nodes' batches lock unique keys alike
     ordered = sorted(batch, key=lambda item: item.work.header.sop_instance_uid)
+    if _insert_known_series(batch[0].work.engine, [item.work for item in ordered]):
+        for item in ordered:
+            item.succeed(None)
+        return
+    engine = batch[0].work.engine.execution_options(**{WRITE_OPTION: True})
     try:
         with write_lock(engine), engine.begin() as conn:
             results = _insert_rows(conn, [item.work for item in ordered])
@@ -251,6 +255,86 @@ def _insert_rows(conn: Connection, batch: Sequence[_Pending]) -> list[StoredRow 
     for study_pk in sorted(per_study):
         conn.execute(_stmts(conn).count_study, {"pk": study_pk, "n": per_study[study_pk]})
     return results
+
+
+@dataclass(frozen=True)
+class _RawStatement:
+    """A statement compiled once for a dialect, run on the DBAPI cursor."""
+
+    sql: str
+    names: tuple[str, ...] | None  # parameter order of a positional paramstyle, else None
+    processors: dict[str, Any]
+
+    @classmethod
+    def of(cls, statement: Any, dialect: Any) -> _RawStatement:
+        compiled = statement.compile(dialect=dialect)
+        names = tuple(compiled.positiontup) if compiled.positional else None
+        return cls(str(compiled), names, dict(compiled._bind_processors))
+
+    def params(self, values: dict[str, Any]) -> Any:
+        for name, process in self.processors.items():
+            if name in values:
+                values[name] = process(values[name])
+        if self.names is None:
+            return values
+        return tuple(values[name] for name in self.names)
+
+
+@functools.cache
+def _raw_statements(dialect: Any) -> tuple[_RawStatement, _RawStatement, _RawStatement]:
+    stmts = _statements_for(dialect.name)
+    return (_RawStatement.of(stmts.insert_instance, dialect),
+            _RawStatement.of(stmts.count_series, dialect),
+            _RawStatement.of(stmts.count_study, dialect))
+
+
+def _insert_known_series(engine: Engine, batch: Sequence[_Pending]) -> bool:
+    """The common case on the DBAPI cursor, without SQLAlchemy's per-statement work (about
+    as much CPU as the rest of an ingest): every instance is new and its series indexed.
+    True once committed; False, with nothing changed, for anything else (a new series, a
+    resend, any database error), which :func:`_insert_rows` then handles in full."""
+    insert, count_series, count_study = _raw_statements(engine.dialect)
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    sqlite = engine.dialect.name == "sqlite"
+    with write_lock(engine):
+        try:
+            connection = engine.raw_connection()
+        except SQLAlchemyError:
+            return False
+        try:
+            cursor = connection.cursor()
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            per_series: Counter[int] = Counter()
+            for pending in batch:
+                values = _instance_values(pending.header, pending.obj)
+                values["series_uid"] = pending.header.series_uid
+                cursor.execute(insert.sql, insert.params(values))
+                row = cursor.fetchone()
+                if row is None:
+                    connection.rollback()
+                    return False
+                per_series[int(row[0])] += 1
+            per_study: Counter[int] = Counter()
+            for series_pk in sorted(per_series):
+                cursor.execute(count_series.sql, count_series.params(
+                    {"pk": series_pk, "n": per_series[series_pk]}))
+                per_study[int(cursor.fetchone()[0])] += per_series[series_pk]
+            for study_pk in sorted(per_study):
+                cursor.execute(count_study.sql, count_study.params(
+                    {"pk": study_pk, "n": per_study[study_pk]}))
+            cursor.close()
+            connection.commit()
+            return True
+        except dbapi_error as exc:
+            log.info("index fast path: %s; using the full path", type(exc).__name__)
+            try:
+                connection.rollback()
+            except dbapi_error:
+                connection.invalidate()
+            return False
+        finally:
+            connection.close()
 
 
 def _insert_instance_row(conn: Connection, h: InstanceHeader, obj: NewObject) -> int | None:

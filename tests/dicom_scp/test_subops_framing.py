@@ -120,7 +120,7 @@ def test_store_response_elements_as_pynetdicom_encodes_them(status: int,
     for primitive in message.encode_msg(1, 0):
         for _, pdv in primitive.presentation_data_value_list:
             command.write(pdv[1:])
-    elements = subops._command_elements(command.getvalue())
+    elements = subops.command_elements(command.getvalue())
     assert elements[0x0100] == struct.pack("<H", 0x8001)
     assert elements[0x0120] == struct.pack("<H", 7)
     assert elements[0x0800] == struct.pack("<H", 0x0101)
