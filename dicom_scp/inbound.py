@@ -15,9 +15,9 @@ DUL's PDU reader (``_read_pdu_data``) while the association is established (stat
   or spilled to disk), then ``serve`` (the archive's store: durable and indexed before it
   returns) runs in this thread, and the C-STORE-RSP (PS3.7 9.3.1.2), encoded by
   :mod:`dicom_scp.wire`, is written straight to the socket;
-- every other PDU or message (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL, responses, a command
-  set that is not whole, releases and aborts, anything malformed) goes to pynetdicom exactly
-  as its own reader would have handed it over.
+- every other PDU or message (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL, responses, releases
+  and aborts, anything malformed) goes to pynetdicom exactly as its own reader would have
+  handed it over (a command set that came in several PDUs: in one PDU, once whole).
 
 The state machine sees nothing of a C-STORE taken here, which is what it would do with it
 anyway: a P-DATA-TF in Sta6 (Evt10) leads to action DT-2, a P-DATA indication, and Sta6
@@ -88,6 +88,7 @@ class InboundReader:
         self._dataset: ReceivedDataset | None = None
         self._pynetdicom_data = False  # pynetdicom's message: a data set still to come
         self._storage_classes: dict[str, bool] = {}
+        self.served = 0  # C-STORE requests served here
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -228,6 +229,7 @@ class InboundReader:
             status = self._serve(self._assoc, request, dataset)
         finally:
             dataset.close()
+        self.served += 1
         command = wire.command_set(
             CommandField=0x8001,
             MessageIDBeingRespondedTo=request.message_id,
