@@ -12,10 +12,12 @@ wait for the event instead.
 :func:`install` (at EVT_CONN_OPEN, before either thread starts) switches an association to
 subclasses that keep pynetdicom's logic and change only the waiting:
 
-- the DUL waits in ``select`` for its socket or a wake-up from :meth:`ResponsiveDUL.send_pdu`,
-  at most pynetdicom's 1 ms (its timers are checked as often as before);
+- the DUL waits in ``select`` for its socket or a wake-up (:meth:`ResponsiveDUL.wake`: a PDU
+  to send, an event queued by another thread), at most pynetdicom's 1 ms while its ARTIM
+  timer may run and 50 ms once established;
 - the association thread waits on the DIMSE queue's condition (woken as soon as a message is
-  complete) for at most 1 ms, instead of sleeping 1 ms before every look at it.
+  complete or the DUL hands up a primitive) for at most 50 ms, instead of sleeping 1 ms
+  before every look at it.
 
 Both classes depend on pynetdicom internals (pinned in pyproject.toml); the tests exercise
 them through every DIMSE service.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import weakref
 from typing import Any, cast
 
@@ -37,7 +40,8 @@ LOGGER = logging.getLogger("pynetdicom.association")  # where pynetdicom logs th
 
 IDLE_DELAY = 0.001  # longest wait of the DUL loop (pynetdicom's nap), for its timers
 BUSY_DELAY = 0.0002  # nap while another reader holds the socket
-MESSAGE_WAIT = 0.001  # longest wait of the association thread between its other checks
+ESTABLISHED_DELAY = 0.05  # longest wait of the DUL loop in Sta6 (no ARTIM timer runs)
+MESSAGE_WAIT = 0.05  # longest wait of the association thread between its other checks
 
 
 class ResponsiveDUL(DULServiceProvider):
@@ -71,8 +75,11 @@ class ResponsiveDUL(DULServiceProvider):
             # itself and hides it from this loop): data may wait there that is not ours
             return BUSY_DELAY
         self._checked_socket = False
+        # the ARTIM timer runs only outside Sta6 (PS3.8 9.2); in Sta6 whatever needs the
+        # loop (data, a PDU to send, an event put by another thread) comes with a wake-up
+        wait = ESTABLISHED_DELAY if self.state_machine.current_state == "Sta6" else IDLE_DELAY
         try:
-            ready, _, _ = select.select([sock, self._wake[0]], [], [], IDLE_DELAY)
+            ready, _, _ = select.select([sock, self._wake[0]], [], [], wait)
         except (OSError, ValueError):  # closed under us: the loop finds out
             return 0.0
         if self._wake[0] in ready:
@@ -98,11 +105,19 @@ class ResponsiveDUL(DULServiceProvider):
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
+        self.wake()
+
+    def wake(self) -> None:
+        """End the loop's current wait."""
         if self._wake is not None:
             try:
                 self._wake[1].send(b"\0")
             except OSError:  # full (the loop has wake-ups pending anyway) or closed
                 pass
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
 
 
 def _close_all(sockets: tuple[socket.socket, ...]) -> None:
@@ -171,9 +186,35 @@ class ResponsiveAssociation(Association):
 
 
 def install(assoc: Association) -> None:
-    """Switch ``assoc`` (not yet running) to the responsive reactors."""
+    """Switch ``assoc`` (not yet running) to the responsive reactors.
+
+    The loops then wait up to :data:`ESTABLISHED_DELAY` / :data:`MESSAGE_WAIT` (a thread
+    that wakes every millisecond to find nothing costs ~3 % of a core per association), so
+    whatever they wait for wakes them: an event another thread queues for the DUL (the
+    transport closed, a PDU read by :mod:`dicom_scp.subops`) and every primitive the DUL
+    hands up to the association (a release request, an abort)."""
     if type(assoc) is Association:
         assoc.__class__ = ResponsiveAssociation
-    if type(assoc.dul) is DULServiceProvider:
-        assoc.dul.__class__ = ResponsiveDUL
-        cast(ResponsiveDUL, assoc.dul).enable_wakeups()
+    dul = assoc.dul
+    if type(dul) is not DULServiceProvider:
+        return
+    dul.__class__ = ResponsiveDUL
+    responsive = cast(ResponsiveDUL, dul)
+    responsive.enable_wakeups()
+    put_event = dul.event_queue.put
+
+    def event(item: Any, *args: Any, **kwargs: Any) -> None:
+        put_event(item, *args, **kwargs)
+        if threading.current_thread() is not dul:
+            responsive.wake()
+
+    put_primitive = dul.to_user_queue.put
+    messages = assoc.dimse.msg_queue
+
+    def primitive(item: Any, *args: Any, **kwargs: Any) -> None:
+        put_primitive(item, *args, **kwargs)
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+    dul.event_queue.put = event  # type: ignore[method-assign]
+    dul.to_user_queue.put = primitive  # type: ignore[method-assign]
