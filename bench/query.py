@@ -2,7 +2,9 @@
 DICOMweb plugin), the same seeded data set loaded into both, requests alternating between
 the two targets in one run. Medians and the ratio us/Orthanc (lower is better).
 
-- C-FIND STUDY level with DCMTK ``findscu`` (wall time of the tool) and QIDO-RS ``/studies``:
+- C-FIND STUDY level with DCMTK ``findscu`` (wall time of the tool), the same C-FIND timed at
+  the wire (``bench/rawfind.py``: one open association, first byte of the request to last
+  byte of the final response, the server's time alone) and QIDO-RS ``/studies``:
   by PatientID, PatientName ``A*``, a one-year StudyDate range and all studies, over N
   studies of one small instance each (``--studies``, default 10,000).
 - C-MOVE (``movescu`` to a DCMTK ``storescp``) and C-GET (``getscu``) of a 100-slice CT
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.dicomweb import PLUGIN, STORED, orthanc_version  # noqa: E402
 from bench.ingest import DCMTK_ENV, push, stop, wait_port  # noqa: E402
+from bench.rawfind import RawFind  # noqa: E402
 from tests.infra import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -288,8 +291,13 @@ def query_cases(n: int, seed: int, everything: bool) -> list[Case]:
 def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
                     repeat_broad: int, everything: bool) -> dict[str, Any]:
     clients = {t.name: httpx.Client(timeout=1800) for t in targets}
+    raw = {t.name: RawFind("127.0.0.1", t.port, SCU, t.aet) for t in targets}
     out: dict[str, Any] = {t.name: {} for t in targets}
     counts: dict[str, dict[str, int]] = {t.name: {} for t in targets}
+
+    def wire_find(t: Target, filters: dict[str, str]) -> tuple[float, int]:
+        return raw[t.name].find({k: filters.get(k, "") for k in FIND_KEYS})
+
     for label, make, cfind, limit in query_cases(n, seed, everything):
         broad = label == "all studies" or (n > 20_000 and not label.startswith(("PatientID",
                                                                                  "first")))
@@ -306,17 +314,22 @@ def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
                 _, text = run_tool(findscu(t, make(0), verbose=True))
                 counts[t.name][f"C-FIND {label}"] = len(
                     re.findall(r"Find Response: \d+ \(Pending\)", text))
+                counts[t.name][f"C-FIND at the wire {label}"] = wire_find(t, make(0))[1]
             counts[t.name][f"QIDO {label}"] = qido(t, 0)[1]
         for i in range(reps):
             for t in targets if i % 2 == 0 else targets[::-1]:  # alternate who goes first
                 if cfind:
                     out[t.name].setdefault(f"C-FIND {label}", []).append(
                         run_tool(findscu(t, make(i)))[0])
+                    out[t.name].setdefault(f"C-FIND at the wire {label}", []).append(
+                        wire_find(t, make(i))[0])
                 out[t.name].setdefault(f"QIDO {label}", []).append(qido(t, i)[0])
         print(f"  {label}: " + ", ".join(
-            f"{t.name} " + " / ".join(f"{k.split()[0]} {statistics.median(v):.0f} ms"
+            f"{t.name} " + " / ".join(f"{k[:-len(label)].strip()} {statistics.median(v):.0f} ms"
                                       for k, v in out[t.name].items() if k.endswith(label))
             for t in targets), flush=True)
+    for finder in raw.values():
+        finder.close()
     return {"samples": out, "matches": counts}
 
 
@@ -414,8 +427,11 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
                    f"{n} studies of one 16x16 instance (two per patient, ~9 % of names start "
                    f"with A, dates over 12 years, {YEAR} ~8 %); medians of {repeat} requests "
                    f"per target{broad}, alternating targets. C-FIND: wall time of `findscu` (a new "
-                   "process and association each time, ~10-20 ms of the figure) with keys "
-                   f"{', '.join(FIND_KEYS)}; QIDO-RS: `/studies?...&limit={n}` (every "
+                   "process and association each time, ~10-20 ms of the figure, and the parsing "
+                   "of every response) with keys "
+                   f"{', '.join(FIND_KEYS)}; C-FIND at the wire: the same query on one open "
+                   "association, first byte of the request to last byte of the final response "
+                   "(bench/rawfind.py: the server's time without findscu's); QIDO-RS: `/studies?...&limit={n}` (every "
                    "match; our default cap is 10,000) or `limit=100`, with the default "
                    "attributes, keep-alive client, JSON parsed.")
     lines += table(samples, extra, heads)
