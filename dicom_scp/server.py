@@ -13,6 +13,7 @@ import socket
 import threading
 from typing import Any, cast
 
+import pydicom.config
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import PresentationContext
@@ -71,11 +72,19 @@ class SharedContexts(list[PresentationContext]):
 
 
 def configure_pynetdicom() -> None:
-    """pynetdicom's process-wide settings, applied by :class:`DicomService`: no logging of
-    query identifiers (they hold patient names and IDs, which are never logged at INFO, and
-    formatting them cost as much as answering)."""
+    """pynetdicom's and pydicom's process-wide settings, applied by :class:`DicomService`:
+
+    - no logging of query identifiers (they hold patient names and IDs, which are never
+      logged at INFO, and formatting them cost as much as answering);
+    - pydicom's read-time value validation off. In ``WARN`` mode (its default) it only
+      warns, yet it ran a regular expression for every UID pynetdicom builds: decoding and
+      negotiating an association request that proposes ~100 storage SOP classes (``getscu``)
+      cost ~50 ms of CPU, most of it there. The archive validates what it keeps itself
+      (UIDs in :mod:`pacs.dicom.uids`, query values in :mod:`pacs.query`).
+    """
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def make_ae(settings: Settings) -> AE:
