@@ -313,5 +313,9 @@ def install(assoc: Association, serve: Serve, tmp_dir: Path, limit: int = -1) ->
     if type(sock) is not socket.socket or not isinstance(assoc.dul, ResponsiveDUL):
         return False
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    if assoc.network_timeout is not None:
+        # a peer that stops in the middle of a PDU is dropped after the network timeout
+        # (the DUL waits in recv(); between PDUs the association's idle timer applies)
+        sock.settimeout(assoc.network_timeout)
     assoc.dul.inbound = InboundReader(assoc, sock, serve, tmp_dir, limit)
     return True

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pydicom
@@ -56,11 +56,11 @@ class RawPeer:
     """A pynetdicom requestor whose reactor is held, so that the test writes PDUs of its own
     making on the socket and reads the answers from the DIMSE queue."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, timeout: float = 10) -> None:
         ae = AE("RAWPEER")
         ae.add_requested_context(CTImageStorage, EXPLICIT_LE)
         ae.add_requested_context(Verification)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
         self.assoc: Association = ae.associate("127.0.0.1", port, ae_title="MINIPACS")
         assert self.assoc.is_established
         self.ct_context = self._context(CTImageStorage)
@@ -195,6 +195,25 @@ def test_pdu_longer_than_any_peer_may_send_aborts(archive: RunningArchive,
         time.sleep(0.05)
     assert not peer.assoc.is_established
     assert list(archive.svc.store.keys()) == []
+
+
+@embedded
+def test_peer_stalled_in_the_middle_of_a_pdu_is_dropped(
+        make_archive: Callable[..., RunningArchive], ct: pydicom.Dataset) -> None:
+    archive = make_archive(network_timeout=1.0)
+    raw = RawPeer(archive.port, timeout=60)  # the archive, not the peer, must give up
+    try:
+        pdu = wire.message_pdus(raw.ct_context, _store_command(ct), _encoded(ct), 0)
+        raw.send(pdu[:len(pdu) // 2])  # and nothing more
+        deadline = time.monotonic() + 8
+        while raw.assoc.is_established and time.monotonic() < deadline:
+            raw.assoc._reactor_checkpoint.set()
+            time.sleep(0.05)
+        assert not raw.assoc.is_established
+        assert list(archive.svc.store.keys()) == []
+        assert list((archive.settings.data_dir / "tmp").iterdir()) == []
+    finally:
+        raw.close()
 
 
 @pytest.mark.parametrize("body", [
