@@ -226,3 +226,32 @@ def test_same_dataset_from_another_source_ae_is_already_stored(services: Service
     second = part10_bytes(body, ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "ROUTER")
     assert services.ingest.store_instance(CLI, first).status is StoreStatus.STORED
     assert services.ingest.store_instance(CLI, second).status is StoreStatus.ALREADY_STORED
+
+
+def test_instances_of_a_known_series_take_the_cursor_path(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first instance of a series (full path: hierarchy created), the next ones are
+    indexed by the statements on the DBAPI cursor, on SQLite and on PostgreSQL; a resend
+    still takes the full path and is found a duplicate; counters stay right."""
+    from pacs.index import writer
+
+    full: list[int] = []
+    original = writer._insert_rows
+    monkeypatch.setattr(writer, "_insert_rows",
+                        lambda conn, batch: full.append(len(batch)) or original(conn, batch))
+    base = pydicom.dcmread(testdata("CT_small.dcm"))
+    objects = []
+    for n in range(4):
+        ds = base.copy()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7433.3.{n + 1}"
+        ds.InstanceNumber = n + 1
+        objects.append(_bytes(ds))
+    for raw in objects:
+        assert services.ingest.store_instance(CLI, raw).status is StoreStatus.STORED
+    assert full == [1]  # the first instance only
+    assert services.ingest.store_instance(CLI, objects[2]).status is StoreStatus.ALREADY_STORED
+    assert full == [1, 1]
+    with services.engine.connect() as conn:
+        assert tuple(conn.execute(select(Series.num_instances, Study.num_instances)
+                                  .join(Study, Series.study_pk == Study.id)).one()) == (4, 4)
+    assert _count(services, Instance) == 4
