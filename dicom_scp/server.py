@@ -1,7 +1,11 @@
 """Running the DIMSE service: the AE, its server socket, start and stop.
 
-Several processes can share one port (``PACS_DICOM_WORKERS``): each binds with SO_REUSEPORT
-and the kernel spreads incoming associations over them; they share the index and storage.
+Several processes can share one port (``PACS_DICOM_WORKERS``): the first binds the listening
+socket and hands it to the others (:class:`SharedPort`); each takes a waiting connection only
+if no sibling has fewer associations open, so four modalities sending to two processes get
+two each. (SO_REUSEPORT, used before, hashes each connection to a process: four associations
+landed 2/2 in only about a third of the runs, 3/1 or 4/0 otherwise, and the busier process's
+interpreter lock then set the pace.) They share the index and storage.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import gc
 import logging
 import socket
 import threading
+import time
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pydicom.config
@@ -27,15 +34,80 @@ from pacs.services import Services
 log = logging.getLogger(__name__)
 
 
-class PacsAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with SO_REUSEPORT and TCP_NODELAY."""
+@dataclass
+class SharedPort:
+    """The listening socket the DICOM service processes share, and the associations each has
+    open (``counts``, a shared array indexed by ``slot``).
 
-    reuse_port = False
+    The process that binds the port passes ``listener=None``; the others get its socket
+    (picklable when given to a ``multiprocessing`` process as it starts)."""
+
+    counts: Any
+    slot: int
+    listener: socket.socket | None = None
+    grace: float = 0.02
+    _open: weakref.WeakSet[socket.socket] = field(default_factory=weakref.WeakSet, repr=False)
+    _deferred_since: float | None = field(default=None, repr=False)
+    _last_deferral: float = field(default=0.0, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"counts": self.counts, "slot": self.slot, "listener": self.listener,
+                "grace": self.grace}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def publish(self) -> int:
+        """Record (and return) how many of this process's accepted connections are open."""
+        count = sum(1 for sock in list(self._open) if sock.fileno() != -1)
+        self.counts[self.slot] = count
+        return count
+
+    def may_accept(self) -> bool:
+        """Whether this process should take the connection waiting on the socket: it has no
+        more associations open than any sibling, or the sibling whose turn it is has left it
+        waiting ``grace`` seconds (busy, or gone)."""
+        mine = self.publish()
+        if mine <= min(self.counts[:]):
+            return True
+        now = time.monotonic()
+        if self._deferred_since is None or now - self._last_deferral > 0.1:
+            self._deferred_since = now  # a new connection, not the one deferred before
+        self._last_deferral = now
+        return now - self._deferred_since >= self.grace
+
+    def accepted(self, sock: socket.socket) -> None:
+        self._open.add(sock)
+        self._deferred_since = None
+        self.publish()
+
+
+class PacsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY, optionally sharing its listening socket
+    with sibling processes (:class:`SharedPort`)."""
+
+    shared: SharedPort | None = None
 
     def server_bind(self) -> None:
-        if self.reuse_port and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.shared is not None and self.shared.listener is not None:
+            self.socket.close()  # the socket TCPServer made: the sibling's, bound, is used
+            self.socket = self.shared.listener
+            self.server_address = self.socket.getsockname()
+            return
         super().server_bind()
+
+    def server_activate(self) -> None:
+        if self.shared is None or self.shared.listener is None:
+            super().server_activate()
+        if self.shared is not None:
+            # Every process wakes for a connection; those that lose the race must not block.
+            self.socket.setblocking(False)
+
+    def server_close(self) -> None:
+        if self.shared is None:
+            super().server_close()
+        else:  # shutdown() would stop the siblings' listening too: only drop this handle
+            self.socket.close()
 
     def service_actions(self) -> None:
         """Between two accepts pynetdicom runs a full ``gc.collect()`` every 60 loops, which
@@ -45,9 +117,16 @@ class PacsAssociationServer(ThreadedAssociationServer):
         if self._gc[0] >= self._gc[1]:
             self._gc[0] = 0
             gc.collect(1)
+        if self.shared is not None:
+            self.shared.publish()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
+        if self.shared is not None and not self.shared.may_accept():
+            time.sleep(0.001)  # a sibling with fewer associations takes it
+            raise BlockingIOError("left to a less busy process")
+        sock, address = super().get_request()  # BlockingIOError if a sibling was quicker
+        if self.shared is not None:
+            self.shared.accepted(sock)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
 
@@ -124,12 +203,12 @@ def _log_rejected(event: Any) -> None:
 class DicomService:
     """The DIMSE service of one process."""
 
-    def __init__(self, services: Services, *, reuse_port: bool = False) -> None:
+    def __init__(self, services: Services, *, shared: SharedPort | None = None) -> None:
         configure_pynetdicom()
         self.services = services
         self.ae = make_ae(services.settings)
         settings = services.settings
-        server_class = type("Server", (PacsAssociationServer,), {"reuse_port": reuse_port})
+        server_class = type("Server", (PacsAssociationServer,), {"shared": shared})
         self.server = self.ae.make_server(
             (settings.dicom_host, settings.dicom_port),
             evt_handlers=_handlers(services),

@@ -69,10 +69,11 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _worker(settings: Settings, ready: Any = None, parent_pid: int | None = None) -> None:
-    """A DICOM service process sharing the port with its siblings (SO_REUSEPORT); sets
-    ``ready`` (a multiprocessing Event) once it accepts associations, and dies with
-    ``parent_pid``."""
+def _worker(settings: Settings, shared: Any, ready: Any = None,
+            parent_pid: int | None = None) -> None:
+    """A DICOM service process taking associations from the listening socket in ``shared``
+    (a :class:`dicom_scp.server.SharedPort`) with its siblings; sets ``ready`` (a
+    multiprocessing Event) once it accepts associations, and dies with ``parent_pid``."""
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     logging.basicConfig(level=settings.log_level.upper(),
@@ -82,7 +83,7 @@ def _worker(settings: Settings, ready: Any = None, parent_pid: int | None = None
     from pacs.services import build_services
 
     services = build_services(settings)
-    service = DicomService(services, reuse_port=True)
+    service = DicomService(services, shared=shared)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -121,21 +122,22 @@ def serve(
     if demo_if_empty and _is_empty(services):
         console.print("empty archive: loading the demo studies (pacs demo)")
         _import_datasets(services, _demo_part10(2026, 6), "demo")
-    from dicom_scp.server import DicomService
+    from dicom_scp.server import DicomService, SharedPort
 
     workers = settings.dicom_process_count()
-    reuse = workers > 1
-    service = DicomService(services, reuse_port=reuse)
+    ctx = multiprocessing.get_context("spawn")
+    counts = ctx.RawArray("i", workers) if workers > 1 else None
+    service = DicomService(services, shared=SharedPort(counts, 0) if counts else None)
     children: list[multiprocessing.process.BaseProcess] = []
     ready_events: list[Any] = []
-    if reuse:
+    if counts is not None:
         from dataclasses import replace
         child_settings = replace(settings, dicom_port=service.port, dicom_workers=1)
-        ctx = multiprocessing.get_context("spawn")
-        for n in range(workers - 1):
+        for n in range(1, workers):
             ready = ctx.Event()
-            proc = ctx.Process(target=_worker, args=(child_settings, ready, os.getpid()),
-                               name=f"dicom-{n + 2}")
+            shared = SharedPort(counts, n, listener=service.server.socket)
+            proc = ctx.Process(target=_worker, args=(child_settings, shared, ready, os.getpid()),
+                               name=f"dicom-{n + 1}")
             proc.start()
             children.append(proc)
             ready_events.append(ready)

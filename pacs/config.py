@@ -72,9 +72,9 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "answer C-STORE failure 0xC0D1) or `overwrite` (replace it). Identical resends "
             "always succeed. See docs/adr/0002-duplicates.md."),
     Setting("PACS_DICOM_WORKERS", "0",
-            "Number of DICOM service processes sharing the port (SO_REUSEPORT); `0`: one per "
-            "CPU core. pynetdicom decodes PDUs in Python, so one process is bound to one core "
-            "(see docs/performance.md)."),
+            "Number of DICOM service processes sharing the port (each new association goes to "
+            "the one with fewest open); `0`: one per CPU core. pynetdicom decodes PDUs in "
+            "Python, so one process is bound to one core (see docs/performance.md)."),
     Setting("PACS_MAX_PDU", "131072", "Maximum PDU size we receive (bytes; 0: unlimited)."),
     Setting("PACS_MAX_ASSOCIATIONS", "32", "Maximum concurrent associations per process."),
     Setting("PACS_MAX_OBJECT_SIZE", "4294967296",

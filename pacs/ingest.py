@@ -19,9 +19,9 @@ import enum
 import hashlib
 import logging
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 

@@ -103,13 +103,65 @@ def test_serve_with_two_worker_processes(tmp_path: Path) -> None:
     srv = Server(tmp_path, PACS_DICOM_WORKERS="2")
     try:
         datasets = generate_study(np.random.default_rng(3), CT_DEMO)
-        for start in range(0, len(datasets), 10):  # several associations, spread by the kernel
+        for start in range(0, len(datasets), 10):  # several associations, both processes
             assoc = _scu().associate("127.0.0.1", srv.port)
             for ds in datasets[start:start + 10]:
                 assert assoc.send_c_store(ds).Status == 0
             assoc.release()
         assert _study_uids(srv.port) == [datasets[0].StudyInstanceUID]
     finally:
+        assert srv.stop() == 0
+
+
+def _port_sockets(pids: list[int], port: int) -> dict[int, dict[str, int]]:
+    """For each process, how many of its sockets on local ``port`` listen / are established."""
+    states = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                states[cols[9]] = {"0A": "listen", "01": "established"}.get(cols[3], "other")
+    found: dict[int, dict[str, int]] = {}
+    for pid in pids:
+        counts = {"listen": 0, "established": 0, "other": 0}
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in states:
+                counts[states[target[8:-1]]] += 1
+        found[pid] = counts
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_processes_share_associations_evenly(tmp_path: Path) -> None:
+    """Four modalities sending to two processes get two each (the kernel's SO_REUSEPORT hash
+    put 3 or 4 of them on one process in most runs), whichever order they arrive in."""
+    srv = Server(tmp_path, PACS_DICOM_WORKERS="2")
+    held = []
+    try:
+        pids = [srv.proc.pid, *_children(srv.proc.pid)]
+        for _ in range(4):
+            assoc = _scu().associate("127.0.0.1", srv.port)
+            assert assoc.is_established
+            held.append(assoc)
+        dicom = {pid: c for pid, c in _port_sockets(pids, srv.port).items() if c["listen"]}
+        assert len(dicom) == 2, dicom  # both processes hold the one listening socket
+        assert sorted(c["established"] for c in dicom.values()) == [2, 2], dicom
+        for assoc in held[:2]:  # two released: the next ones still go where fewest are open
+            assoc.release()
+        held = held[2:]
+        for _ in range(2):
+            assoc = _scu().associate("127.0.0.1", srv.port)
+            assert assoc.send_c_echo().Status == 0
+            held.append(assoc)
+        dicom = {pid: c for pid, c in _port_sockets(pids, srv.port).items() if c["listen"]}
+        assert sorted(c["established"] for c in dicom.values()) == [2, 2], dicom
+    finally:
+        for assoc in held:
+            assoc.release()
         assert srv.stop() == 0
 
 
