@@ -3,7 +3,10 @@
 Order (as Orthanc does, see STYLE.md): validate the header -> write the bytes exactly as
 received under a fresh opaque key (durable on return) -> index in one transaction -> on any
 failure remove the bytes -> only then report success -> notify listeners, whose errors never
-fail a store.
+fail a store. An object held in memory (a C-STORE of up to 4 MiB, most images) is written on
+a worker thread while this one hashes it and validates its header: the write is mostly a wait
+for fsync, without the interpreter lock, and a header found invalid removes the bytes before
+anything is indexed.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
@@ -15,11 +18,13 @@ object under ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +83,12 @@ class IngestService:
     duplicate_policy: str = "reject"
     max_object_size: int = 4 * 1024**3
     listeners: list[Listener] = field(default_factory=list)
+    _writers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="ingest-write"),
+        repr=False)
+
+    def close(self) -> None:
+        self._writers.shutdown()
 
     def store_instance(self, caller: Caller, part10: bytes | BinaryIO | Path, length: int = -1,
                        expected_sop_instance_uid: str | None = None,
@@ -99,15 +110,18 @@ class IngestService:
         if source.length > self.max_object_size:
             raise InvalidInput(f"object of {source.length} bytes exceeds the limit of "
                                f"{self.max_object_size} bytes")
-        header = source.header()
-        self._check_expected(header, sop_instance, sop_class, study)
-        if source.length > LOOKUP_FIRST:  # a resent big object is not written again
-            existing = self._lookup(header.sop_instance_uid)
-            if existing is not None:
-                return self._duplicate(caller, header, source, source.sha256(), existing)
-        # otherwise the insert finds a duplicate (``raced`` below): one query less per store
         key = new_storage_key()
-        digest = self._put(key, source)
+        if source.data is not None and source.length <= LOOKUP_FIRST:
+            header, digest = self._put_while_parsing(key, source, sop_instance, sop_class, study)
+        else:
+            header = source.header()
+            self._check_expected(header, sop_instance, sop_class, study)
+            if source.length > LOOKUP_FIRST:  # a resent big object is not written again
+                existing = self._lookup(header.sop_instance_uid)
+                if existing is not None:
+                    return self._duplicate(caller, header, source, source.sha256(), existing)
+            digest = self._put(key, source)
+        # a small duplicate is found by the insert (``raced`` below): one query less per store
         obj = writer.NewObject(key, source.length, digest,
                                caller.name if caller.kind == "dicom" else "")
         try:
@@ -184,9 +198,33 @@ class IngestService:
         except (storage.StorageError, InvalidInput):
             return False
 
+    def _put_while_parsing(self, key: str, source: Source, sop_instance: str | None,
+                           sop_class: str | None, study: str | None) -> tuple[InstanceHeader, str]:
+        """Write ``source.data`` under ``key`` on a worker thread while this one hashes it
+        (hashlib releases the interpreter lock too) and parses and checks its header; the
+        header and SHA-256 once the object is durable. A bad header, or any failure, leaves
+        nothing stored."""
+        data = source.data
+        assert data is not None
+        writing = self._writers.submit(self._put_bytes, key, data)
+        try:
+            digest = hashlib.sha256(data).hexdigest()
+            header = source.header()
+            self._check_expected(header, sop_instance, sop_class, study)
+        except BaseException:
+            if writing.exception() is None:  # waits for the write, then removes it
+                self._discard(key)
+            raise
+        writing.result()
+        return header, digest
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        with self._storage_errors(key):
+            self.store.put(key, data)
+
     def _put(self, key: str, source: Source) -> str:
         """Write the object under ``key``; its SHA-256, computed while the store reads it."""
-        try:
+        with self._storage_errors(key):
             if source.data is not None:
                 self.store.put(key, source.data)
                 return hashlib.sha256(source.data).hexdigest()
@@ -197,6 +235,12 @@ class IngestService:
             except InvalidInput:
                 self._discard(key)
                 raise
+
+    @contextlib.contextmanager
+    def _storage_errors(self, key: str) -> Iterator[None]:
+        """Storage errors as the archive's: full, unavailable, or a truncated source."""
+        try:
+            yield
         except ValueError as exc:  # the stream ended before its announced length
             raise InvalidInput(f"truncated object: {exc}") from exc
         except storage.StorageFull as exc:

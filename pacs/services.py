@@ -32,6 +32,7 @@ class Services:
 
     def close(self) -> None:
         self.wado.stop_precompute()
+        self.ingest.close()
         self.store.close()
         self.engine.dispose()
 

@@ -118,6 +118,18 @@ def test_truncated_pixel_data_rejected(services: Services) -> None:
     assert _objects(services) == []
 
 
+def test_object_not_the_announced_one_leaves_nothing(services: Services) -> None:
+    """The C-STORE request names another instance: refused after the bytes were written
+    (the write runs beside the header check), and the written bytes removed."""
+    raw = testdata("CT_small.dcm").read_bytes()
+    with pytest.raises(InvalidInput, match="differs from the request"):
+        services.ingest.store_instance(CLI, raw, expected_sop_instance_uid="1.2.3.4")
+    with pytest.raises(InvalidInput, match="Study Instance UID"):
+        services.ingest.store_instance(CLI, raw, expected_study_uid="1.2.3.4")
+    assert _count(services, Instance) == 0
+    assert _objects(services) == []
+
+
 def test_object_too_large_rejected(services: Services) -> None:
     services.ingest.max_object_size = 1000
     with pytest.raises(InvalidInput, match="exceeds"):
