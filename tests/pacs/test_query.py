@@ -470,3 +470,50 @@ def test_computed_keys_for_more_rows_than_bound_parameters(
         found = search(svc, Level.STUDY, {}, ("ModalitiesInStudy",))
         assert len(found) == count
         assert all(m["ModalitiesInStudy"] == ["CT"] for m in found)
+
+
+# -- the retrieve keys behind C-MOVE, C-GET and WADO (PS3.4 C.4.2.1.4) ----------------------
+
+def _retrieved(services: Services, level: Level, keys: dict[str, str]) -> list[str]:
+    return [i.sop_instance_uid for i in services.retrieve.find_instances(Caller.cli(), level, keys)]
+
+
+def test_retrieve_by_one_uid_per_level_agrees_with_uid_lists(services: Services) -> None:
+    """Plain UIDs take a statement built once; the same keys as UID lists (with a UID that
+    matches nothing) the statement built per request: the same instances, in series and
+    instance order."""
+    label = "an-ct-mr"
+    cases = [
+        (Level.STUDY, {"StudyInstanceUID": study_uid(label)},
+         [sop_uid(label, 0, 1), sop_uid(label, 0, 2), sop_uid(label, 1, 1)]),
+        (Level.SERIES, {"StudyInstanceUID": study_uid(label),
+                        "SeriesInstanceUID": series_uid(label, 0)},
+         [sop_uid(label, 0, 1), sop_uid(label, 0, 2)]),
+        (Level.IMAGE, {"StudyInstanceUID": study_uid(label), "SeriesInstanceUID":
+                       series_uid(label, 1), "SOPInstanceUID": sop_uid(label, 1, 1)},
+         [sop_uid(label, 1, 1)]),
+        (Level.IMAGE, {"SOPInstanceUID": sop_uid(label, 0, 2)}, [sop_uid(label, 0, 2)]),
+        # keys below the level are ignored; keys that contradict each other match nothing
+        (Level.STUDY, {"StudyInstanceUID": study_uid(label),
+                       "SOPInstanceUID": sop_uid("an-mr", 0, 1)},
+         [sop_uid(label, 0, 1), sop_uid(label, 0, 2), sop_uid(label, 1, 1)]),
+        (Level.IMAGE, {"StudyInstanceUID": study_uid("an-mr"),
+                       "SOPInstanceUID": sop_uid(label, 0, 1)}, []),
+        (Level.IMAGE, {"SOPInstanceUID": "1.2.3.999"}, []),
+    ]
+    for level, keys, expected in cases:
+        assert _retrieved(services, level, keys) == expected, keys
+        as_lists = {k: f"{v}\\1.2.3.999" for k, v in keys.items()}
+        assert _retrieved(services, level, as_lists) == expected, as_lists
+        padded = {k: f" {v} " for k, v in keys.items()}
+        assert _retrieved(services, level, padded) == expected, padded
+
+
+def test_retrieve_keys_checked_before_any_lookup(services: Services) -> None:
+    with pytest.raises(InvalidInput, match="unique key"):
+        _retrieved(services, Level.SERIES, {"SOPInstanceUID": sop_uid("an-mr", 0, 1)})
+    with pytest.raises(InvalidInput, match="wildcards"):
+        _retrieved(services, Level.STUDY, {"StudyInstanceUID": "2.25.*"})
+    with pytest.raises(InvalidInput, match="wildcards"):
+        _retrieved(services, Level.PATIENT, {"PatientID": "BN*"})
+    assert len(_retrieved(services, Level.PATIENT, {"PatientID": "BN001"})) == 6
