@@ -1,4 +1,8 @@
-"""Request-scoped dependencies: the services and who is asking."""
+"""Request-scoped dependencies: the services and who is asking.
+
+They are ``async``: they only read the request, and FastAPI runs a plain ``def`` dependency
+on a worker thread, a hand-over (and back) that cost each request ~0.1 ms per dependency.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,17 @@ from pacs.errors import InvalidInput
 from pacs.services import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     client = request.client
     address = f"{client.host}:{client.port}" if client else ""
     return Caller("http", "anonymous", address)
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
     """The DICOMweb root as the client sees it (for RetrieveURL / BulkDataURI)."""
     root = str(request.base_url).rstrip("/")
     return f"{root}{request.app.state.dicomweb_prefix}"
