@@ -95,6 +95,19 @@ def _worker(settings: Settings, shared: Any, ready: Any = None,
     services.close()
 
 
+def _watch_workers(children: list[multiprocessing.process.BaseProcess], counts: Any,
+                   lost: set[int]) -> None:
+    """Report a DICOM worker process that died, and take it out of the turn-taking for
+    new associations (its last count would otherwise keep the others deferring to it)."""
+    for slot, proc in enumerate(children, start=1):
+        if slot in lost or proc.is_alive():
+            continue
+        lost.add(slot)
+        counts[slot] = 1 << 30
+        console.print(f"[red]DICOM worker {proc.name} exited with {proc.exitcode}[/red]; "
+                      f"{len(children) + 1 - len(lost)} process(es) take the associations")
+
+
 def _wait_ready(children: list[multiprocessing.process.BaseProcess], events: list[Any],
                 timeout: float = 120.0) -> None:
     """Wait until every worker process accepts associations (so "ready" means all of them)."""
@@ -156,7 +169,9 @@ def serve(
         f"DICOMweb http://{settings.http_host}:{http.port}/dicomweb; "
         f"index {_safe_url(settings.database_url)}; storage {services.store.url}")
     sys.stderr.flush()
-    stop.wait()
+    lost: set[int] = set()
+    while not stop.wait(1.0):
+        _watch_workers(children, counts, lost)
     console.print("stopping: finishing associations in flight")
     for proc in children:
         if proc.pid:

@@ -165,6 +165,31 @@ def test_worker_processes_share_associations_evenly(tmp_path: Path) -> None:
         assert srv.stop() == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_dead_worker_process_is_reported_and_the_others_take_its_share(tmp_path: Path) -> None:
+    srv = Server(tmp_path, PACS_DICOM_WORKERS="2")
+    held = []
+    try:
+        holders = _port_sockets([srv.proc.pid, *_children(srv.proc.pid)], srv.port)
+        (worker,) = [pid for pid, c in holders.items() if c["listen"] and pid != srv.proc.pid]
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "exited with" not in srv.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "DICOM worker dicom-2 exited with -9" in srv.log.read_text()
+        for _ in range(3):
+            started = time.monotonic()
+            assoc = _scu().associate("127.0.0.1", srv.port)
+            assert assoc.send_c_echo().Status == 0
+            assert time.monotonic() - started < 5
+            held.append(assoc)
+        assert _port_sockets([srv.proc.pid], srv.port)[srv.proc.pid]["established"] == 3
+    finally:
+        for assoc in held:
+            assoc.release()
+        srv.stop()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
