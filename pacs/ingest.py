@@ -3,10 +3,10 @@
 Order (as Orthanc does, see STYLE.md): validate the header -> write the bytes exactly as
 received under a fresh opaque key (durable on return) -> index in one transaction -> on any
 failure remove the bytes -> only then report success -> notify listeners, whose errors never
-fail a store. An object held in memory (a C-STORE of up to 4 MiB, most images) is written on
-a worker thread while this one hashes it and validates its header: the write is mostly a wait
-for fsync, without the interpreter lock, and a header found invalid removes the bytes before
-anything is indexed.
+fail a store. An object held in memory (a C-STORE of up to 4 MiB, most images) is written,
+once its header is valid, on a worker thread while this one computes its SHA-256: both run
+without the interpreter lock (the write is mostly a wait for fsync), and nothing invalid is
+ever written (with S3 behind the spool it would be uploaded).
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
@@ -200,17 +200,15 @@ class IngestService:
 
     def _put_while_parsing(self, key: str, source: Source, sop_instance: str | None,
                            sop_class: str | None, study: str | None) -> tuple[InstanceHeader, str]:
-        """Write ``source.data`` under ``key`` on a worker thread while this one hashes it
-        (hashlib releases the interpreter lock too) and parses and checks its header; the
-        header and SHA-256 once the object is durable. A bad header, or any failure, leaves
-        nothing stored."""
+        """Check the header of ``source.data``, then write it under ``key`` on a worker thread
+        while this one hashes it; the header and SHA-256 once the object is durable."""
         data = source.data
         assert data is not None
+        header = source.header()
+        self._check_expected(header, sop_instance, sop_class, study)
         writing = self._writers.submit(self._put_bytes, key, data)
         try:
             digest = hashlib.sha256(data).hexdigest()
-            header = source.header()
-            self._check_expected(header, sop_instance, sop_class, study)
         except BaseException:
             if writing.exception() is None:  # waits for the write, then removes it
                 self._discard(key)

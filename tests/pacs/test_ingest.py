@@ -102,10 +102,17 @@ def test_bad_uids_rejected(services: Services, mutate: object, message: str) -> 
     b"garbage" * 100,
     b"\x00" * 128 + b"DICM" + b"\xff" * 300,
 ])
-def test_garbage_rejected(services: Services, payload: bytes) -> None:
+def test_garbage_rejected(services: Services, payload: bytes,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before anything is written: behind the S3 spool a written object would be
+    uploaded, even if removed right after."""
+    puts: list[str] = []
+    put = services.store.put
+    monkeypatch.setattr(services.store, "put", lambda key, *a, **k: puts.append(key) or put(key, *a, **k))
     with pytest.raises(InvalidInput):
         services.ingest.store_instance(CLI, payload)
     assert _objects(services) == []
+    assert puts == []
 
 
 def test_truncated_pixel_data_rejected(services: Services) -> None:
@@ -119,8 +126,7 @@ def test_truncated_pixel_data_rejected(services: Services) -> None:
 
 
 def test_object_not_the_announced_one_leaves_nothing(services: Services) -> None:
-    """The C-STORE request names another instance: refused after the bytes were written
-    (the write runs beside the header check), and the written bytes removed."""
+    """The C-STORE request names another instance: refused before anything is written."""
     raw = testdata("CT_small.dcm").read_bytes()
     with pytest.raises(InvalidInput, match="differs from the request"):
         services.ingest.store_instance(CLI, raw, expected_sop_instance_uid="1.2.3.4")
