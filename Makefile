@@ -49,7 +49,7 @@ test: $(TEST_STAMP) system-deps
 
 ## check: lint
 check: $(TEST_STAMP)
-	$(BIN)/ruff check pacs dicom_scp storage viewer_api tests scripts
+	$(BIN)/ruff check pacs dicom_scp storage viewer_api tests scripts bench
 
 ## docs: regenerate docs/configuration.md and docs/conformance.md
 docs: $(STAMP)
@@ -70,8 +70,10 @@ bench: $(TEST_STAMP) system-deps
 	$(BIN)/python bench/query.py $(BENCH_QUERY_ARGS)
 	$(BIN)/python bench/memory.py
 
-## bench-scale: C-FIND/QIDO-RS over 100k studies vs Orthanc, compared with the last 10k run
+## bench-scale: C-FIND/QIDO-RS over 100k studies vs Orthanc, compared with the last 10k run,
+## then C-STORE into copies of both loaded targets against empty ones
 ## (loading takes ~25 min on 2 cores; the loaded targets stay in BENCH_SCALE_WORK for next time)
 BENCH_SCALE_WORK ?= /var/tmp/pacs-bench-100k
 bench-scale: $(TEST_STAMP) system-deps
 	$(BIN)/python bench/query.py --studies 100000 --no-retrieve --work $(BENCH_SCALE_WORK)
+	$(BIN)/python bench/ingest.py --preloaded $(BENCH_SCALE_WORK)

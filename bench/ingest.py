@@ -11,6 +11,12 @@ memory of our archive's processes (all of them, summed) is sampled during each p
 Run with ``make bench`` (installs orthanc/dcmtk when root). Options: ``--instances``,
 ``--rounds``, ``--quick``, ``--targets`` (e.g. ``--instances 10000 --rounds 1 --targets
 pacs-embedded`` for the memory check), ``--pacs-env KEY=VALUE`` (experiments).
+
+Scaling (``--preloaded DIR``, run by ``make bench-scale``): DIR is a work folder of
+``bench/query.py`` holding Orthanc and the archive loaded with N studies; each round pushes
+the same data into an empty and into a copy of the loaded Orthanc and archive (the index
+copied, the stored objects hard-linked), alternating, and reports each one's rate in the
+loaded archive against its rate in the empty one (goal: within 10 %).
 """
 
 from __future__ import annotations
@@ -69,6 +75,33 @@ class Target:
     name: str
     ae_title: str
     start: Callable[[Path], tuple[subprocess.Popen[bytes], int]]
+    # copies a loaded archive into the target's work folder before it starts (scaling)
+    prepare: Callable[[Path], None] | None = None
+
+
+def preloaded_copy(source: Path, dest_name: str, skip: tuple[str, ...] = ()) -> Callable[[Path], None]:
+    """Copy a loaded target's folder into ``work/dest_name``: files copied (the index is
+    written to), the object folders hard-linked (stored objects are never modified)."""
+    def prepare(work: Path) -> None:
+        dest = work / dest_name
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            if entry.name in skip:
+                continue
+            if entry.is_dir():
+                subprocess.run(["cp", "-al", str(entry), str(dest / entry.name)], check=True)
+            else:
+                shutil.copy2(entry, dest / entry.name)
+    return prepare
+
+
+def loaded_studies(folder: Path) -> int:
+    """Number of studies a ``bench/query.py`` work folder holds (its ``loaded-<seed>-<n>``)."""
+    markers = sorted(folder.glob("loaded-*-*"))
+    if not markers or not (folder / "pacs").is_dir() or not (folder / "orthanc").is_dir():
+        raise SystemExit(f"{folder} is not a loaded bench/query.py work folder "
+                         "(run make bench-scale, or bench/query.py --work DIR --load-only)")
+    return int(markers[0].name.rsplit("-", 1)[1])
 
 
 def start_storescp(work: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -220,10 +253,15 @@ def main() -> None:
     parser.add_argument("--pacs-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra PACS_* setting for our archive (experiments)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--preloaded", type=Path, metavar="DIR",
+                        help="scaling: also push into copies of the Orthanc and archive loaded "
+                             "in DIR by bench/query.py --work DIR (orthanc and pacs-embedded only)")
     args = parser.parse_args()
     if args.quick:
         args.instances, args.rounds = 200, 1
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.preloaded is not None:  # scaling: the targets bench/query.py loads
+        wanted = [t for t in wanted if t in ("orthanc", "pacs-embedded")]
     assocs = [a.strip() for a in args.assoc.split(",") if a.strip() in ("1", "4")]
     extra = dict(item.split("=", 1) for item in args.pacs_env)
     work = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
@@ -243,6 +281,20 @@ def main() -> None:
         print("Orthanc not installed (apt-get install orthanc): skipped", flush=True)
         wanted = [t for t in wanted if t != "orthanc"]
     targets = [t for t in targets if t.name in wanted]
+    args.loaded = 0
+    if args.preloaded is not None:
+        args.loaded = loaded_studies(args.preloaded)
+        by_name = {t.name: t for t in targets}
+        label = f"@{args.loaded // 1000}k"
+        if "orthanc" in by_name:
+            targets.append(Target("orthanc" + label, "ORTHANC", start_orthanc,
+                                  preloaded_copy(args.preloaded / "orthanc", ".",
+                                                 skip=("orthanc.json", "orthanc.log"))))
+        if "pacs-embedded" in by_name:
+            targets.append(Target("pacs-embedded" + label, "MINIPACS", pacs_starter(extra),
+                                  preloaded_copy(args.preloaded / "pacs", "data",
+                                                 skip=("tmp", "pacs.log"))))
+        wanted = [t.name for t in targets]
     results: dict[str, dict[str, list[float]]] = {n: {a: [] for a in assocs} for n in wanted}
     memory: dict[str, dict[str, list[dict[str, float]]]] = {
         n: {a: [] for a in assocs} for n in wanted if n.startswith("pacs")}
@@ -259,7 +311,12 @@ def main() -> None:
                 for target in run_targets:
                     tdir = work / f"{target.name}-{rnd}-{assoc}"
                     tdir.mkdir()
+                    if target.prepare is not None:
+                        target.prepare(tdir)
                     proc, port = target.start(tdir)
+                    # the previous push's (or copy's) dirty pages are written back now, not
+                    # during this one (storescp and Orthanc do not fsync their files)
+                    os.sync()
                     sampler = RssSampler(proc.pid)
                     try:
                         with sampler:
@@ -281,7 +338,10 @@ def main() -> None:
             s3.stop()
         if pg is not None:
             pg.stop()
-    report(results, memory, args)
+    if args.preloaded is not None:
+        report_scaling(results, args)
+    else:
+        report(results, memory, args)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -322,6 +382,39 @@ def report(results: dict[str, dict[str, list[float]]],
         {"results": results, "medians": med, "memory_mib": memory, "instances": args.instances,
          "rounds": args.rounds, "pacs_env": args.pacs_env, "machine": platform.platform()},
         indent=2))
+
+
+def report_scaling(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
+    """Rates in the loaded archives against the empty ones (and ratios to Orthanc)."""
+    med = {n: {a: statistics.median(v) for a, v in r.items() if v} for n, r in results.items()}
+    label = f"@{args.loaded // 1000}k"
+    lines = [f"# Ingest at {args.loaded} studies ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+             f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}; {args.instances} CT instances 512x512 pushed with "
+             f"storescu (TCP_NODELAY=1) into an empty target and into a copy of the same target "
+             f"loaded with {args.loaded} studies (`bench/query.py`'s data set), alternating; "
+             f"{args.rounds} round(s), medians (inst/s). Goal: the loaded rate within 10 % of "
+             "the empty one. Per-round rates in the JSON.", "",
+             "| target | assoc | empty (inst/s) | loaded (inst/s) | loaded / empty | "
+             "loaded, ratio to Orthanc |", "|---|---|---|---|---|---|"]
+    for name in ("orthanc", "pacs-embedded"):
+        for a in ("1", "4"):
+            empty, loaded = med.get(name, {}).get(a), med.get(name + label, {}).get(a)
+            if not empty or not loaded:
+                continue
+            ref = med.get("orthanc" + label, {}).get(a)
+            lines.append(f"| {name} | {a} | {empty:.1f} | {loaded:.1f} | {loaded / empty:.2f}x | "
+                         f"{f'{loaded / ref:.2f}x' if ref else '-'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.no_save:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"ingest-{args.loaded // 1000}k"
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"results": results, "medians": med, "instances": args.instances, "rounds": args.rounds,
+         "loaded_studies": args.loaded, "machine": platform.platform()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -431,8 +431,9 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
                    "of every response) with keys "
                    f"{', '.join(FIND_KEYS)}; C-FIND at the wire: the same query on one open "
                    "association, first byte of the request to last byte of the final response "
-                   "(bench/rawfind.py: the server's time without findscu's); QIDO-RS: `/studies?...&limit={n}` (every "
-                   "match; our default cap is 10,000) or `limit=100`, with the default "
+                   "(bench/rawfind.py: the server's time without findscu's); QIDO-RS: "
+                   f"`/studies?...&limit={n}` (every match; our default cap is 10,000) or "
+                   "`limit=100`, with the default "
                    "attributes, keep-alive client, JSON parsed.")
     lines += table(samples, extra, heads)
     text = "\n".join(lines) + "\n"
