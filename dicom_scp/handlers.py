@@ -76,7 +76,8 @@ def handle_conn_open_scp(event: Event, services: Services) -> None:
     messages of a busy association (:mod:`dicom_scp.reactor`), C-STORE requests served by
     the thread that reads them (:mod:`dicom_scp.inbound`; with TLS, pynetdicom's path), and
     their data sets spooled (in memory when small, in ``<data dir>/tmp`` when big; see
-    :mod:`dicom_scp.receive`)."""
+    :mod:`dicom_scp.receive`) and, when small, written to the store as they arrive
+    (:class:`pacs.ingest.Staging`)."""
     handle_conn_open(event)
     assoc = event.assoc
     reactor.install(assoc)
@@ -90,7 +91,7 @@ def handle_conn_open_scp(event: Event, services: Services) -> None:
         return store_received(services, caller, received, request.sop_class_uid,
                               request.sop_instance_uid)
 
-    inbound.install(assoc, serve, tmp_dir, limit)
+    inbound.install(assoc, serve, tmp_dir, limit, stage=services.ingest.begin_staging)
     receive.install(assoc, tmp_dir, limit)
 
 
@@ -106,7 +107,8 @@ def store_received(services: Services, caller: Caller, received: receive.Receive
             raise InvalidInput("empty data set")
         services.ingest.store_instance(caller, received.part10(),
                                        expected_sop_instance_uid=sop_instance_uid,
-                                       expected_sop_class_uid=sop_class_uid)
+                                       expected_sop_class_uid=sop_class_uid,
+                                       staging=received.staging)
     except PacsError as exc:
         status = status_for(STORE_STATUS, exc, STORE_CANNOT_UNDERSTAND)
         log.warning("C-STORE %s from %s failed: 0x%04X %s", sop_instance_uid, caller,

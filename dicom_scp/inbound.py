@@ -12,9 +12,10 @@ DUL's PDU reader (``_read_pdu_data``) while the association is established (stat
 - a C-STORE-RQ (PS3.7 9.3.1.1) whose command set says a data set follows, on an accepted
   presentation context of a storage SOP class, is taken here: the data set fragments go
   straight into a :class:`~dicom_scp.receive.ReceivedDataset` (the Part 10 file, in memory
-  or spilled to disk), then ``serve`` (the archive's store: durable and indexed before it
-  returns) runs in this thread, and the C-STORE-RSP (PS3.7 9.3.1.2), encoded by
-  :mod:`dicom_scp.wire`, is written straight to the socket;
+  or spilled to disk; with ``stage``, a small one also written to the store as it arrives),
+  then ``serve`` (the archive's store: durable and indexed before it returns) runs in this
+  thread, and the C-STORE-RSP (PS3.7 9.3.1.2), encoded by :mod:`dicom_scp.wire`, is written
+  straight to the socket;
 - every other PDU or message (C-ECHO, C-FIND, C-MOVE, C-GET, C-CANCEL, responses, releases
   and aborts, anything malformed) goes to pynetdicom exactly as its own reader would have
   handed it over (a command set that came in several PDUs: in one PDU, once whole).
@@ -33,6 +34,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pynetdicom.association import Association
 from pynetdicom.service_class import StorageServiceClass
@@ -42,6 +44,9 @@ from dicom_scp import wire
 from dicom_scp.receive import ReceivedDataset
 from dicom_scp.subops import command_elements
 from pacs.dicom.header import file_meta_bytes
+
+if TYPE_CHECKING:
+    from pacs.ingest import Staging
 
 log = logging.getLogger(__name__)
 LOGGER = logging.getLogger("pynetdicom.dul")  # where pynetdicom logs these events
@@ -76,8 +81,10 @@ class InboundReader:
     """Reads the PDUs of one accepted association in its DUL thread; see the module doc."""
 
     def __init__(self, assoc: Association, sock: socket.socket, serve: Serve,
-                 tmp_dir: Path, limit: int = -1, in_memory: int = 4 << 20) -> None:
+                 tmp_dir: Path, limit: int = -1, in_memory: int = 4 << 20,
+                 stage: Callable[[], Staging | None] | None = None) -> None:
         self._assoc = assoc
+        self._stage = stage
         self._socket = sock
         self._serve = serve
         self._tmp_dir = tmp_dir
@@ -101,6 +108,7 @@ class InboundReader:
         header = self._recv(6)
         if header is None:
             LOGGER.error("Connection closed before the entire PDU was received")
+            self._reset()
             dul.event_queue.put("Evt17")
             return
         pdu_type, length = _PDU_HEADER.unpack(header)
@@ -115,6 +123,7 @@ class InboundReader:
         body = self._recv(length)
         if body is None:
             LOGGER.error("Connection closed before the entire PDU was received")
+            self._reset()
             dul.event_queue.put("Evt17")
             return
         if pdu_type != 0x04:  # A-RELEASE, A-ABORT...: whatever was being read is moot
@@ -187,7 +196,8 @@ class InboundReader:
         self._dataset = ReceivedDataset(
             file_meta_bytes(request.sop_class_uid, request.sop_instance_uid,
                             request.transfer_syntax_uid, self._assoc.requestor.ae_title),
-            self._in_memory, self._tmp_dir, self._limit)
+            self._in_memory, self._tmp_dir, self._limit,
+            self._stage() if self._stage is not None else None)
         return True
 
     def _store_request(self, context_id: int, elements: dict[int, bytes]) -> StoreRequest | None:
@@ -304,7 +314,8 @@ def _uid(data: bytes) -> str:
     return data.decode("ascii").rstrip("\0 ")
 
 
-def install(assoc: Association, serve: Serve, tmp_dir: Path, limit: int = -1) -> bool:
+def install(assoc: Association, serve: Serve, tmp_dir: Path, limit: int = -1,
+            stage: Callable[[], Staging | None] | None = None) -> bool:
     """Serve ``assoc``'s C-STORE requests with an :class:`InboundReader` (see the module
     doc); False, and nothing changed, when its socket is not plain TCP (TLS) or its DUL
     cannot take one (not :class:`dicom_scp.reactor.ResponsiveDUL`)."""
@@ -318,5 +329,5 @@ def install(assoc: Association, serve: Serve, tmp_dir: Path, limit: int = -1) ->
         # a peer that stops in the middle of a PDU is dropped after the network timeout
         # (the DUL waits in recv(); between PDUs the association's idle timer applies)
         sock.settimeout(assoc.network_timeout)
-    assoc.dul.inbound = InboundReader(assoc, sock, serve, tmp_dir, limit)
+    assoc.dul.inbound = InboundReader(assoc, sock, serve, tmp_dir, limit, stage=stage)
     return True

@@ -35,6 +35,7 @@ from typing import Any, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.utils import make_target
 
 LOGGER = logging.getLogger("pynetdicom.association")  # where pynetdicom logs these events
 
@@ -96,6 +97,13 @@ class ResponsiveDUL(DULServiceProvider):
     def _is_transport_event(self) -> bool:
         self._checked_socket = True
         return super()._is_transport_event()
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:  # a data set being read when the association ended is dropped, staged or not
+            if self.inbound is not None:
+                self.inbound.close()
 
     def _read_pdu_data(self) -> None:
         if self.inbound is not None and self.state_machine.current_state == "Sta6":
@@ -200,6 +208,8 @@ def install(assoc: Association) -> None:
         return
     dul.__class__ = ResponsiveDUL
     responsive = cast(ResponsiveDUL, dul)
+    # the thread's target was bound to the base class's run_reactor in DUL.__init__
+    dul._target = make_target(responsive.run_reactor)  # type: ignore[attr-defined]
     responsive.enable_wakeups()
     put_event = dul.event_queue.put
 

@@ -15,10 +15,11 @@ in the archive's temp folder (``<data dir>/tmp``). The C-STORE responses are enc
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -28,7 +29,11 @@ from pynetdicom.pdu_primitives import P_DATA
 from dicom_scp import wire
 from pacs.dicom.header import file_meta_bytes
 
+if TYPE_CHECKING:
+    from pacs.ingest import Staging
+
 IN_MEMORY = 4 << 20
+log = logging.getLogger(__name__)
 
 
 class ReceivedDataset(BytesIO):
@@ -40,9 +45,14 @@ class ReceivedDataset(BytesIO):
     else; the base buffer stays empty.
     """
 
-    def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1) -> None:
+    def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1,
+                 staging: Staging | None = None) -> None:
         super().__init__()
         self._pieces: list[bytes] = [meta]
+        # the object also written to the store as it arrives, while it is held in memory
+        self.staging = staging
+        if staging is not None:
+            self._stage(meta)
         self._file: BinaryIO | None = None
         self._size = len(meta)  # bytes kept
         self.meta_length = len(meta)
@@ -60,6 +70,7 @@ class ReceivedDataset(BytesIO):
         size = len(data)
         self.received += size
         if self.too_large:
+            self._unstage()
             if self._size > self.meta_length:  # give the memory or disk space back at once
                 if self._file is not None:
                     self._file.truncate(self.meta_length)
@@ -69,15 +80,32 @@ class ReceivedDataset(BytesIO):
                 self._size = self.meta_length
             return size
         if self._file is None and self._size + size > self.in_memory:
+            self._unstage()  # a big object takes the streaming path
             self._file = cast(BinaryIO, tempfile.TemporaryFile(dir=self.tmp_dir))
             self._file.writelines(self._pieces)
             self._pieces = []
         if self._file is not None:
             self._file.write(data)
         else:
-            self._pieces.append(bytes(data))
+            piece = bytes(data)
+            self._pieces.append(piece)
+            if self.staging is not None:
+                self._stage(piece)
         self._size += size
         return size
+
+    def _stage(self, piece: bytes) -> None:
+        assert self.staging is not None
+        try:
+            self.staging.write(piece)
+        except Exception as exc:  # noqa: BLE001 - the store path reports storage errors
+            log.debug("writing a received object as it arrives failed: %s", exc)
+            self._unstage()
+
+    def _unstage(self) -> None:
+        if self.staging is not None:
+            self.staging.abort()
+            self.staging = None
 
     @property
     def length(self) -> int:
@@ -103,6 +131,7 @@ class ReceivedDataset(BytesIO):
         return part10.read(1 << 16)
 
     def close(self) -> None:
+        self._unstage()  # nothing if the store committed it
         if self._file is not None:
             self._file.close()
         self._pieces = []

@@ -6,7 +6,11 @@ failure remove the bytes -> only then report success -> notify listeners, whose 
 fail a store. An object held in memory (a C-STORE of up to 4 MiB, most images) is written,
 once its header is valid, on a worker thread while this one computes its SHA-256: both run
 without the interpreter lock (the write is mostly a wait for fsync), and nothing invalid is
-ever written (with S3 behind the spool it would be uploaded).
+ever written (with S3 behind the spool it would be uploaded). A C-STORE data set can also
+be written while it arrives (:class:`Staging`, when the store can: the folder store and the
+S3 spool): a hidden temporary file whose pages go to disk as the PDUs come in, hashed on the
+way, committed under its key (fsync, rename) only once the header is valid, else removed;
+the fsync that makes it durable then finds the data written.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
@@ -43,6 +47,7 @@ from pacs.index.db import writer as write_engine
 
 log = logging.getLogger(__name__)
 LOOKUP_FIRST = 16 << 20  # objects above this size are looked up before they are written
+STAGE_FLUSH = 64 << 10  # received bytes gathered before they are written to a staged object
 
 
 class StoreStatus(enum.Enum):
@@ -62,6 +67,47 @@ class StoreOutcome:
 
 
 Listener = Callable[[StoreOutcome, InstanceHeader], None]
+
+
+class Staging:
+    """A received object written to the store as it arrives (``storage.stage``) and hashed
+    on the way (see the module doc). :meth:`IngestService.store_instance` commits it under
+    its key once the header is valid, or aborts it; so does the receiver if it never gets
+    there. Used by one thread at a time."""
+
+    def __init__(self, staged: storage.Staged) -> None:
+        self.key = staged.key
+        self.length = 0  # bytes received
+        self._staged = staged
+        self._digest = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; written to the store every :data:`STAGE_FLUSH` bytes. Raises a
+        storage error (the receiver then aborts and keeps the data set for the plain path)."""
+        self._digest.update(data)
+        self.length += len(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= STAGE_FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            pieces, self._pending, self._pending_size = self._pending, [], 0
+            self._staged.write(pieces)
+
+    def commit(self) -> str:
+        """Make the object durable under :attr:`key`; its SHA-256."""
+        self._flush()
+        self._staged.commit()
+        return self._digest.hexdigest()
+
+    def abort(self) -> None:
+        """Drop it (idempotent; nothing after a commit)."""
+        self._pending = []
+        self._staged.abort()
 
 
 def new_storage_key(now: datetime | None = None) -> str:
@@ -90,28 +136,55 @@ class IngestService:
     def close(self) -> None:
         self._writers.shutdown()
 
+    def begin_staging(self) -> Staging | None:
+        """A :class:`Staging` to write a received object into as it arrives, or None when
+        the store cannot (or fails to start one: the plain path then reports its error)."""
+        try:
+            staged = storage.stage(self.store, new_storage_key())
+        except storage.StorageError as exc:
+            log.debug("cannot stage a received object: %s", exc)
+            return None
+        return Staging(staged) if staged is not None else None
+
     def store_instance(self, caller: Caller, part10: bytes | BinaryIO | Path, length: int = -1,
                        expected_sop_instance_uid: str | None = None,
                        expected_sop_class_uid: str | None = None,
-                       expected_study_uid: str | None = None) -> StoreOutcome:
+                       expected_study_uid: str | None = None,
+                       staging: Staging | None = None) -> StoreOutcome:
         """Store one Part 10 object. Raises a domain error; never leaves half a store behind.
 
         ``part10`` is the object's bytes, a file path, or a seekable binary stream positioned at
         the object's start with ``length`` bytes (-1: up to its end). A stream or file is never
         read whole into memory: the header is parsed from its head, the SHA-256 computed while
-        the store writes it, a duplicate compared chunk by chunk.
+        the store writes it, a duplicate compared chunk by chunk. ``staging``: the same bytes
+        (``part10`` in memory) already written to the store as they arrived (committed here
+        once the header is valid, aborted otherwise).
         """
         with open_source(part10, length) as source:
-            return self._store(caller, source, expected_sop_instance_uid,
-                               expected_sop_class_uid, expected_study_uid)
+            if staging is not None and (source.data is None or source.length > LOOKUP_FIRST
+                                        or staging.length != source.length):
+                staging.abort()  # not what it was made for: the plain path
+                staging = None
+            try:
+                return self._store(caller, source, expected_sop_instance_uid,
+                                   expected_sop_class_uid, expected_study_uid, staging)
+            finally:
+                if staging is not None:
+                    staging.abort()  # nothing once committed
 
     def _store(self, caller: Caller, source: Source, sop_instance: str | None,
-               sop_class: str | None, study: str | None) -> StoreOutcome:
+               sop_class: str | None, study: str | None,
+               staging: Staging | None = None) -> StoreOutcome:
         if source.length > self.max_object_size:
             raise InvalidInput(f"object of {source.length} bytes exceeds the limit of "
                                f"{self.max_object_size} bytes")
-        key = new_storage_key()
-        if source.data is not None and source.length <= LOOKUP_FIRST:
+        key = staging.key if staging is not None else new_storage_key()
+        if staging is not None:
+            header = source.header()
+            self._check_expected(header, sop_instance, sop_class, study)
+            with self._storage_errors(key):
+                digest = staging.commit()
+        elif source.data is not None and source.length <= LOOKUP_FIRST:
             header, digest = self._put_while_parsing(key, source, sop_instance, sop_class, study)
         else:
             header = source.header()

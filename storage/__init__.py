@@ -15,11 +15,13 @@ from storage.base import (
     InvalidKey,
     ObjectNotFound,
     ObjectStore,
+    Staged,
     StorageError,
     StorageFull,
     StorageUnavailable,
     check_key,
     check_prefix,
+    stage,
 )
 from storage.folder import FolderStore
 from storage.s3 import S3Options, S3Store
@@ -32,12 +34,14 @@ __all__ = [
     "ObjectStore",
     "S3Options",
     "S3Store",
+    "Staged",
     "StorageError",
     "StorageFull",
     "StorageUnavailable",
     "check_key",
     "check_prefix",
     "open_store",
+    "stage",
 ]
 
 

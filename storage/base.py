@@ -9,7 +9,7 @@ archive; it only stores and returns bytes. Every backend passes the same contrac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, NoReturn, Protocol, runtime_checkable
 
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
@@ -126,3 +126,31 @@ class ObjectStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Staged(Protocol):
+    """An object being written under a key chosen in advance, piece by piece as it arrives
+    (a C-STORE data set off the network): invisible until :meth:`commit`, which makes it
+    durable under the key (what ``put`` does), or gone after :meth:`abort`. Used by one
+    thread at a time; exactly one of commit or abort ends it."""
+
+    key: str
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Append ``pieces``; the store may start writing them to disk at once."""
+        ...
+
+    def commit(self) -> None:
+        """Make the object durable under its key (as ``put``); raises a storage error."""
+        ...
+
+    def abort(self) -> None:
+        """Drop what was written (never raises; idempotent, a no-op after commit)."""
+        ...
+
+
+def stage(store: object, key: str) -> Staged | None:
+    """Start writing ``key`` piece by piece if ``store`` can (a ``stage(key)`` method: the
+    folder store and the spool in front of S3), else None: the caller uses ``put``."""
+    method = getattr(store, "stage", None)
+    return method(check_key(key)) if method is not None else None

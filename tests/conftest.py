@@ -33,6 +33,13 @@ def testdata(name: str) -> Path:
 testdata.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
+def staged_leftovers(store: object) -> list[Path]:
+    """Hidden temporary files (objects written as they arrived, never committed) left in a
+    folder store or in the spool in front of S3."""
+    root = getattr(getattr(store, "spool", store), "root", None)
+    return sorted(root.rglob(".tmp-*")) if isinstance(root, Path) and root.exists() else []
+
+
 @pytest.fixture(params=["embedded", "production"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from dicom_scp import inbound, wire
 from pacs.dicom.header import dataset_offset
 from pacs.index.attributes import Level
-from tests.conftest import RunningArchive, testdata
+from tests.conftest import RunningArchive, staged_leftovers, testdata
 
 embedded = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -179,6 +179,7 @@ def test_data_set_cut_short_by_another_message_is_dropped(
     rsp = peer.response()
     assert rsp.MessageIDBeingRespondedTo == 9 and rsp.Status == 0
     assert list(archive.svc.store.keys()) == []
+    assert staged_leftovers(archive.svc.store) == []  # what had arrived was written, then removed
     # the association still works: the same object, whole this time
     peer.send(wire.message_pdus(peer.ct_context, _store_command(ct, 10), data, 0))
     assert peer.response().Status == 0
@@ -212,6 +213,10 @@ def test_peer_stalled_in_the_middle_of_a_pdu_is_dropped(
         assert not raw.assoc.is_established
         assert list(archive.svc.store.keys()) == []
         assert list((archive.settings.data_dir / "tmp").iterdir()) == []
+        deadline = time.monotonic() + 5  # the DUL thread ends just after the association
+        while staged_leftovers(archive.svc.store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert staged_leftovers(archive.svc.store) == []
     finally:
         raw.close()
 

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from pacs.dicom.header import dataset_offset
 from pacs.index.attributes import Level
-from tests.conftest import RunningArchive
+from tests.conftest import RunningArchive, staged_leftovers
 from tests.interop.dcmtk import send_raw_c_store
 from tests.large_object import MF_GRAYSCALE_WORD_SC, write_multiframe
 
@@ -34,6 +35,32 @@ def test_big_and_small_data_sets_stored_as_received(archive: RunningArchive,
         assert stored.pixel_data_length == (pixels // (512 * 512 * 2)) * 512 * 512 * 2
     tmp = archive.settings.data_dir / "tmp"
     assert tmp.is_dir() and list(tmp.iterdir()) == []  # anonymous temporary files only
+    assert staged_leftovers(archive.svc.store) == []
+
+
+def test_small_data_set_written_to_the_store_as_it_arrives(
+        archive: RunningArchive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to the in-memory limit the object goes to the store while its PDUs arrive and is
+    committed under its key once valid (pacs.ingest.Staging): never put again."""
+    puts: list[str] = []
+    put = archive.svc.store.put
+    monkeypatch.setattr(archive.svc.store, "put",
+                        lambda key, *a, **k: puts.append(key) or put(key, *a, **k))
+    obj = write_multiframe(tmp_path / "small.dcm", 1 << 20, seed=3)
+    raw = obj.path.read_bytes()
+    status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, obj.sop_instance_uid,
+                              "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
+    assert status == 0
+    assert puts == []
+    (key,) = archive.svc.store.keys()
+    got = archive.svc.store.get(key)
+    assert got[dataset_offset(got):] == raw[dataset_offset(raw):]
+    # the same object announced as another instance: refused, the staged bytes removed
+    status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, "1.2.826.0.1.3680043.8.498.1",
+                              "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
+    assert status & 0xF000 == 0xC000
+    assert list(archive.svc.store.keys()) == [key] and puts == []
+    assert staged_leftovers(archive.svc.store) == []
 
 
 def test_oversize_data_set_dropped_as_it_arrives(make_archive: Callable[..., RunningArchive],
@@ -45,3 +72,4 @@ def test_oversize_data_set_dropped_as_it_arrives(make_archive: Callable[..., Run
                               "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
     assert status & 0xF000 == 0xC000  # Cannot understand (PS3.4 B.2.3)
     assert list(archive.svc.store.keys()) == []
+    assert staged_leftovers(archive.svc.store) == []

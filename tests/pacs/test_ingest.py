@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from io import BytesIO
@@ -13,9 +14,9 @@ from sqlalchemy import func, select, text
 from pacs.context import Caller
 from pacs.errors import DuplicateConflict, InvalidInput, StorageUnavailable
 from pacs.index.models import Instance, Patient, Series, Study
-from pacs.ingest import StoreStatus
+from pacs.ingest import Staging, StoreStatus
 from pacs.services import Services, build_services
-from tests.conftest import testdata
+from tests.conftest import staged_leftovers, testdata
 
 CLI = Caller.cli("test")
 
@@ -167,6 +168,7 @@ def test_storage_failure_indexes_nothing(settings: object) -> None:
             fh.write("not a folder")
         with pytest.raises(StorageUnavailable):
             services.ingest.store_instance(CLI, testdata("CT_small.dcm").read_bytes())
+        assert services.ingest.begin_staging() is None  # the plain path reports the error
         assert _count(services, Instance) == 0
     finally:
         services.close()
@@ -273,3 +275,84 @@ def test_instances_of_a_known_series_take_the_cursor_path(
         assert tuple(conn.execute(select(Series.num_instances, Study.num_instances)
                                   .join(Study, Series.study_pk == Study.id)).one()) == (4, 4)
     assert _count(services, Instance) == 4
+
+
+# -- objects written as they arrive (C-STORE data sets: pacs.ingest.Staging) ------------------
+
+
+def _staged(services: Services, raw: bytes, piece: int = 16_000) -> Staging:
+    """What the DICOM service does while a data set arrives: staged piece by piece."""
+    staging = services.ingest.begin_staging()
+    assert staging is not None  # the folder store and the S3 spool can
+    for pos in range(0, len(raw), piece):
+        staging.write(raw[pos:pos + piece])
+    return staging
+
+
+def test_staged_object_committed_under_its_key(services: Services,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = testdata("CT_small.dcm").read_bytes()
+    puts: list[str] = []
+    put = services.store.put
+    monkeypatch.setattr(services.store, "put", lambda key, *a, **k: puts.append(key) or put(key, *a, **k))
+    staging = _staged(services, raw)
+    outcome = services.ingest.store_instance(CLI, raw, staging=staging)
+    assert outcome.status is StoreStatus.STORED
+    assert puts == []  # written as it arrived, not put again
+    assert _objects(services) == [staging.key]
+    stored = services.retrieve.instance(CLI, outcome.sop_instance_uid)
+    assert services.retrieve.read(stored) == raw
+    with services.engine.connect() as conn:
+        digest = conn.execute(select(Instance.sha256)).scalar_one()
+    assert digest == hashlib.sha256(raw).hexdigest()
+    assert staged_leftovers(services.store) == []
+
+
+@pytest.mark.parametrize("case", ["garbage", "other instance", "truncated"])
+def test_staged_invalid_object_is_removed_never_put(services: Services, case: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused: the staged bytes go, nothing is put (or, behind the spool, uploaded)."""
+    raw = testdata("CT_small.dcm").read_bytes()
+    expected = None
+    if case == "garbage":
+        raw = b"\x00" * 128 + b"DICM" + b"\xff" * 3000
+    elif case == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        expected = "1.2.3.4"
+    puts: list[str] = []
+    put = services.store.put
+    monkeypatch.setattr(services.store, "put", lambda key, *a, **k: puts.append(key) or put(key, *a, **k))
+    with pytest.raises(InvalidInput):
+        services.ingest.store_instance(CLI, raw, expected_sop_instance_uid=expected,
+                                       staging=_staged(services, raw))
+    assert puts == [] and _objects(services) == [] and _count(services, Instance) == 0
+    assert staged_leftovers(services.store) == []
+
+
+def test_staged_resend_is_idempotent(services: Services) -> None:
+    raw = testdata("MR_small.dcm").read_bytes()
+    first = services.ingest.store_instance(CLI, raw, staging=_staged(services, raw))
+    second = services.ingest.store_instance(CLI, raw, staging=_staged(services, raw))
+    assert (first.status, second.status) == (StoreStatus.STORED, StoreStatus.ALREADY_STORED)
+    assert len(_objects(services)) == 1 and _count(services, Instance) == 1
+    assert staged_leftovers(services.store) == []
+
+
+def test_staging_that_does_not_match_takes_the_plain_path(services: Services) -> None:
+    """A staging with other bytes than the object (not what it was made for) is dropped."""
+    raw = testdata("CT_small.dcm").read_bytes()
+    staging = _staged(services, raw[:1000])
+    outcome = services.ingest.store_instance(CLI, raw, staging=staging)
+    assert outcome.status is StoreStatus.STORED
+    assert len(_objects(services)) == 1 and _objects(services) != [staging.key]
+    assert staged_leftovers(services.store) == []
+
+
+def test_index_failure_removes_the_staged_bytes(services: Services) -> None:
+    with services.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE series RENAME TO series_gone"))
+    raw = testdata("CT_small.dcm").read_bytes()
+    with pytest.raises(StorageUnavailable):
+        services.ingest.store_instance(CLI, raw, staging=_staged(services, raw))
+    assert _objects(services) == [] and staged_leftovers(services.store) == []

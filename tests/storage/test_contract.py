@@ -27,6 +27,7 @@ import pytest
 from urllib3.exceptions import MaxRetryError
 from urllib3.response import HTTPResponse
 
+import storage
 from storage import (
     MAX_KEY_LENGTH,
     FolderStore,
@@ -500,3 +501,61 @@ def test_storage_imports_no_archive_dicom_or_sql() -> None:
     )
     loaded = {name.split(".")[0] for name in json.loads(out.stdout)}
     assert not loaded & {"pacs", "pydicom", "sqlalchemy", "dicom_scp", "viewer_api"}
+
+
+# -- objects written as they arrive (stage) ----------------------------------------------------
+
+
+def test_stage_where_the_store_can(store: ObjectStore) -> None:
+    """The folder store writes piece by piece; a store that cannot (S3 without its spool)
+    says so with None and is written with put."""
+    staged = storage.stage(store, "ab/staged")
+    if isinstance(store, FolderStore):
+        assert staged is not None
+        staged.abort()
+    else:
+        assert staged is None
+    with pytest.raises(InvalidKey):
+        storage.stage(FolderStore(Path("/nonexistent")), "../escape")
+
+
+def test_folder_stage_commit_and_abort(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    store.check()
+    staged = store.stage("20261124/a/one.dcm")
+    staged.write([b"head", memoryview(b"-body-")])
+    staged.write([b"x" * MiB])
+    assert not store.exists("20261124/a/one.dcm")  # invisible until committed
+    assert list(store.keys()) == []
+    staged.commit()
+    assert store.get("20261124/a/one.dcm") == b"head-body-" + b"x" * MiB
+    staged.abort()  # nothing after a commit
+    assert store.exists("20261124/a/one.dcm")
+    with pytest.raises(StorageUnavailable):
+        staged.write([b"late"])
+    other = store.stage("20261124/a/two.dcm")
+    other.write([b"never committed"])
+    other.abort()
+    other.abort()
+    with pytest.raises(StorageUnavailable):
+        other.commit()
+    dropped = store.stage("20261124/b/three.dcm")
+    dropped.write([b"forgotten"])
+    del dropped  # dropped without commit or abort: removed too
+    assert files_under(tmp_path) == ["20261124/a/one.dcm"]
+
+
+def test_folder_stage_errors(tmp_path: Path) -> None:
+    with pytest.raises(StorageUnavailable):
+        FolderStore(tmp_path / "missing").stage("ab/key")
+    store = FolderStore(tmp_path / "root")
+    store.check()
+    store.put("ab/cd", b"an object")
+    with pytest.raises(InvalidKey):
+        store.stage("ab/cd/below-an-object")
+    store.put("ef/gh/key", b"x")
+    staged = store.stage("ef/gh")  # a folder of other objects: refused when committed
+    staged.write([b"y"])
+    with pytest.raises(InvalidKey):
+        staged.commit()
+    assert files_under(tmp_path / "root") == ["ab/cd", "ef/gh/key"]
