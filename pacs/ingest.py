@@ -7,10 +7,10 @@ fail a store. An object held in memory (a C-STORE of up to 4 MiB, most images) i
 once its header is valid, on a worker thread while this one computes its SHA-256: both run
 without the interpreter lock (the write is mostly a wait for fsync), and nothing invalid is
 ever written (with S3 behind the spool it would be uploaded). A C-STORE data set can also
-be written while it arrives (:class:`Staging`, when the store can: the folder store and the
-S3 spool): a hidden temporary file whose pages go to disk as the PDUs come in, hashed on the
-way, committed under its key (fsync, rename) only once the header is valid, else removed;
-the fsync that makes it durable then finds the data written.
+be written while it arrives (:class:`Staging`, when the store can: the folder store): a
+hidden temporary file whose pages go to disk as the PDUs come in, hashed on the way,
+committed under its key (fsync, rename) only once the header is valid, else removed; the
+fsync that makes it durable then finds the data written.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be

@@ -15,11 +15,11 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from storage.base import ObjectNotFound, ObjectStore, StorageError, check_key
-from storage.folder import FolderStore, StagedFile
+from storage.folder import FolderStore
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,6 @@ class SpooledStore:
         self.spool.put(key, data, length)
         self._enqueue(key)
 
-    def stage(self, key: str) -> _SpooledStaged:
-        """Written piece by piece into the spool (``FolderStore.stage``), queued for upload
-        once committed."""
-        return _SpooledStaged(self, self.spool.stage(key))
-
     def get(self, key: str) -> bytes:
         try:
             return self.spool.get(key)
@@ -187,20 +182,3 @@ class SpooledStore:
         self.remote.close()
         self.spool.close()
 
-
-class _SpooledStaged:
-    """A spool file written piece by piece; its upload is queued when it is committed."""
-
-    def __init__(self, store: SpooledStore, staged: StagedFile) -> None:
-        self.key = staged.key
-        self._store, self._staged = store, staged
-
-    def write(self, pieces: Sequence[bytes | memoryview]) -> None:
-        self._staged.write(pieces)
-
-    def commit(self) -> None:
-        self._staged.commit()
-        self._store._enqueue(self.key)
-
-    def abort(self) -> None:
-        self._staged.abort()

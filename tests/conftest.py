@@ -35,7 +35,7 @@ testdata.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 def staged_leftovers(store: object) -> list[Path]:
     """Hidden temporary files (objects written as they arrived, never committed) left in a
-    folder store or in the spool in front of S3."""
+    folder store (or in the spool in front of S3, which does not stage today)."""
     root = getattr(getattr(store, "spool", store), "root", None)
     return sorted(root.rglob(".tmp-*")) if isinstance(root, Path) and root.exists() else []
 

@@ -51,7 +51,8 @@ def test_small_data_set_written_to_the_store_as_it_arrives(
     status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, obj.sop_instance_uid,
                               "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
     assert status == 0
-    assert puts == []
+    staged = hasattr(archive.svc.store, "stage")  # the folder store; S3 behind its spool: put
+    assert puts == ([] if staged else list(archive.svc.store.keys()))
     (key,) = archive.svc.store.keys()
     got = archive.svc.store.get(key)
     assert got[dataset_offset(got):] == raw[dataset_offset(raw):]
@@ -59,7 +60,7 @@ def test_small_data_set_written_to_the_store_as_it_arrives(
     status = send_raw_c_store(archive.port, MF_GRAYSCALE_WORD_SC, "1.2.826.0.1.3680043.8.498.1",
                               "1.2.840.10008.1.2.1", raw[dataset_offset(raw):])
     assert status & 0xF000 == 0xC000
-    assert list(archive.svc.store.keys()) == [key] and puts == []
+    assert list(archive.svc.store.keys()) == [key] and len(puts) == (0 if staged else 1)
     assert staged_leftovers(archive.svc.store) == []
 
 

@@ -283,7 +283,8 @@ def test_instances_of_a_known_series_take_the_cursor_path(
 def _staged(services: Services, raw: bytes, piece: int = 16_000) -> Staging:
     """What the DICOM service does while a data set arrives: staged piece by piece."""
     staging = services.ingest.begin_staging()
-    assert staging is not None  # the folder store and the S3 spool can
+    if staging is None:
+        pytest.skip("the store writes objects whole (S3 behind its spool: docs/performance.md)")
     for pos in range(0, len(raw), piece):
         staging.write(raw[pos:pos + piece])
     return staging

@@ -56,26 +56,3 @@ def test_large_stream_is_uploaded_whole(tmp_path: Path) -> None:
     finally:
         store.close()
 
-
-def test_staged_object_is_uploaded_once_committed(tmp_path: Path) -> None:
-    remote = GatedStore(tmp_path / "remote")
-    remote.gate.set()
-    remote.check()
-    store = SpooledStore(FolderStore(tmp_path / "spool"), remote, workers=1)
-    try:
-        staged = store.stage("ef/staged.dcm")
-        staged.write([b"abc", b"def"])
-        assert store.pending() == 0 and not store.exists("ef/staged.dcm")
-        staged.commit()
-        assert store.get("ef/staged.dcm") == b"abcdef"  # from the spool or the remote
-        assert store.flush(10)
-        assert remote.get("ef/staged.dcm") == b"abcdef"
-        assert not store.spool.exists("ef/staged.dcm")
-        dropped = store.stage("ef/dropped.dcm")
-        dropped.write([b"junk"])
-        dropped.abort()
-        assert store.pending() == 0
-        assert not remote.exists("ef/dropped.dcm")
-        assert sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file()) == []
-    finally:
-        store.close()
