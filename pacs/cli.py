@@ -299,7 +299,8 @@ def _progress_bar(label: str, total: int) -> tuple[Progress, object]:
 @app.command()
 def verify(
     hashes: Annotated[bool, typer.Option(help="Re-hash every object (slower, finds corruption).")] = True,
-    repair: Annotated[bool, typer.Option(help="Remove orphan objects (never-acknowledged bytes).")] = False,
+    repair: Annotated[bool, typer.Option(help="Remove orphan objects (never-acknowledged bytes) "
+                                         "and temporary files over an hour old.")] = False,
 ) -> None:
     """Cross-check index and storage: missing objects, hash mismatches, orphans."""
     from pacs.verify import count_instances
@@ -314,7 +315,10 @@ def verify(
     services.close()
     console.print(f"checked {report.checked} instance(s): {len(report.missing)} missing, "
                   f"{len(report.corrupt)} corrupt, {len(report.orphans)} orphan object(s)"
-                  + (f", {len(report.removed_orphans)} removed" if repair else ""))
+                  + (f", {len(report.removed_orphans)} removed" if repair else "")
+                  + (f"; {len(report.leftovers)} temporary file(s) of interrupted writes"
+                     + (f", {len(report.removed_leftovers)} removed" if repair else "")
+                     if report.leftovers else ""))
     for uid, key in report.missing[:100]:
         console.print(f"  [red]missing[/red] {uid} (object {key})")
     for uid, key in report.corrupt[:100]:

@@ -2,8 +2,10 @@
 
 Checks every indexed instance's object exists (and, with ``hashes``, that its SHA-256 still
 matches what was received), and lists objects no index row points at (orphans: bytes of a
-store that failed before its index commit, never acknowledged). Repair removes orphans only,
-after a grace period and a second look, so a store in flight is never touched. Missing or
+store that failed before its index commit, never acknowledged) and, in a folder store (or
+the S3 spool), hidden temporary files left by a write cut short by a crash. Repair removes
+orphans only, after a grace period and a second look, so a store in flight is never
+touched, and temporary files older than :data:`LEFTOVER_AGE`. Missing or
 corrupt objects are reported, not "repaired": they were acknowledged, so they must be
 restored from backup or resent.
 """
@@ -25,6 +27,7 @@ from pacs.index.models import Instance
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
+LEFTOVER_AGE = 3600.0  # seconds: a temporary file this old belongs to no write in flight
 
 
 @dataclass
@@ -34,6 +37,8 @@ class VerifyReport:
     corrupt: list[tuple[str, str]] = field(default_factory=list)   # (SOP Instance UID, key)
     orphans: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # temporary files (paths)
+    removed_leftovers: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -95,7 +100,24 @@ def verify(engine: Engine, store: storage.ObjectStore, *, hashes: bool = True,
             store.delete(key)
             report.removed_orphans.append(key)
             log.warning("verify: removed orphan object %s", key)
+    _leftovers(store, report, repair)
     return report
+
+
+def _leftovers(store: storage.ObjectStore, report: VerifyReport, repair: bool) -> None:
+    """Temporary files of writes cut short (a folder store's, or the S3 spool's)."""
+    folder = getattr(store, "spool", store)
+    if not isinstance(folder, storage.FolderStore):
+        return
+    old = folder.leftovers(LEFTOVER_AGE)
+    report.leftovers = [str(path) for path in old]
+    for path in old if repair else ():
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        report.removed_leftovers.append(str(path))
+        log.warning("verify: removed temporary file %s", path)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -278,6 +279,24 @@ class FolderStore:
     def keys(self, prefix: str = "") -> Iterator[str]:
         folder = check_prefix(prefix).rpartition("/")[0]
         return self._keys(prefix, self._root.joinpath(*folder.split("/")) if folder else self._root)
+
+    def leftovers(self, older_than: float = 0.0) -> list[Path]:
+        """Hidden temporary files (a write cut short by a crash or a kill) last modified
+        more than ``older_than`` seconds ago; never objects, safe to delete."""
+        if not self._root.is_dir():
+            raise StorageUnavailable(f"store root {self._root} is missing")
+        cutoff = time.time() - older_than
+        found = []
+        for directory, _folders, files in os.walk(self._root):
+            for name in files:
+                if name.startswith(_TEMP_PREFIX):
+                    path = Path(directory, name)
+                    try:
+                        if path.stat().st_mtime <= cutoff:
+                            found.append(path)
+                    except FileNotFoundError:
+                        continue  # committed or removed meanwhile
+        return sorted(found)
 
     def _keys(self, prefix: str, start: Path) -> Iterator[str]:
         if not self._root.is_dir():

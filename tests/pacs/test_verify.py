@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from pacs.context import Caller
@@ -43,6 +45,27 @@ def test_missing_corrupt_and_orphans_found(services: Services) -> None:
     assert report.removed_orphans == ["ff/ff/orphan.dcm"]
     assert not services.store.exists("ff/ff/orphan.dcm")
     assert not report.healthy
+
+
+def test_temporary_files_of_interrupted_writes_reported_and_removed_when_old(
+        services: Services) -> None:
+    """A crash in the middle of a write leaves a hidden temporary file (never a key): an
+    old one is reported and removed by repair, a recent one (a write in flight) kept."""
+    _fill(services)
+    folder = getattr(services.store, "spool", services.store)
+    assert isinstance(folder, FolderStore)
+    (folder.root / "20261124" / "a").mkdir(parents=True, exist_ok=True)
+    old = folder.root / "20261124" / "a" / ".tmp-0123456789abcdef"
+    recent = folder.root / "20261124" / "a" / ".tmp-fedcba9876543210"
+    old.write_bytes(b"half an object")
+    recent.write_bytes(b"a write in flight")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    report = verify(services.engine, services.store, grace_seconds=0)
+    assert report.healthy and report.leftovers == [str(old)] and old.exists()
+    report = verify(services.engine, services.store, repair=True, grace_seconds=0)
+    assert report.removed_leftovers == [str(old)]
+    assert not old.exists() and recent.exists()
+    assert report.orphans == [] and report.checked == 3
 
 
 def test_migrate_storage_copies_everything(services: Services, tmp_path: Path) -> None:
