@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,10 @@ def make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
-                             connect_args={"connect_timeout": 5})
+        engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                               connect_args={"connect_timeout": 5})
+        _add_unpinged(engine)
+        return engine
     raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or "
                       "postgresql+psycopg")
 
@@ -65,6 +68,28 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# pool of an engine -> an engine on the same database whose checkouts are not pre-pinged
+_UNPINGED: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
+
+
+def _add_unpinged(engine: Engine) -> None:
+    """A small second pool without the pre-ping (a ``SELECT 1`` round trip per checkout)
+    for the index's fast write path, which goes down the full path (on ``engine``, pinged)
+    whenever its statement fails, a lost connection included; disposed with ``engine``."""
+    unpinged = create_engine(engine.url, pool_size=2, max_overflow=8, pool_pre_ping=False,
+                             connect_args={"connect_timeout": 5})
+    _UNPINGED[engine.pool] = unpinged
+
+    @event.listens_for(engine, "engine_disposed")
+    def _on_dispose(_engine: Any) -> None:
+        unpinged.dispose()
+
+
+def unpinged(engine: Engine) -> Engine:
+    """``engine`` or, on PostgreSQL, its pool without pre-ping (see :func:`_add_unpinged`)."""
+    return _UNPINGED.get(engine.pool, engine)
 
 
 def writer(engine: Engine) -> Engine:

@@ -31,7 +31,7 @@ from sqlalchemy.pool import Pool
 from sqlalchemy.sql.dml import Insert, Update
 
 from pacs.dicom.header import InstanceHeader
-from pacs.index.db import WRITE_OPTION, write_lock
+from pacs.index.db import WRITE_OPTION, unpinged, write_lock
 from pacs.index.groupcommit import GroupCommitter, Item
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.index.timefmt import normalise_date, normalise_time
@@ -297,8 +297,8 @@ def _insert_known_series(engine: Engine, batch: Sequence[_Pending]) -> bool:
     dbapi_error = engine.dialect.loaded_dbapi.Error
     sqlite = engine.dialect.name == "sqlite"
     with write_lock(engine):
-        try:
-            connection = engine.raw_connection()
+        try:  # no pre-ping: a dead connection fails the first statement, then the full path
+            connection = unpinged(engine).raw_connection()
         except SQLAlchemyError:
             return False
         try:

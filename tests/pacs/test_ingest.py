@@ -357,3 +357,25 @@ def test_index_failure_removes_the_staged_bytes(services: Services) -> None:
     with pytest.raises(StorageUnavailable):
         services.ingest.store_instance(CLI, raw, staging=_staged(services, raw))
     assert _objects(services) == [] and staged_leftovers(services.store) == []
+
+
+def test_stores_go_on_after_the_database_dropped_our_connections(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """The index's fast path checks out connections without a pre-ping (pacs.index.db):
+    one the server has closed fails its first statement and the store takes the full path."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's pooled connections")
+    from pacs.demo import generate_bulk
+
+    first, second, third = (_bytes(ds) for ds in generate_bulk(7, 1, 3))
+    services.ingest.store_instance(CLI, first)
+    services.ingest.store_instance(CLI, second)  # series known: the fast path's connection
+    with services.engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    with caplog.at_level("INFO", logger="pacs.index.writer"):
+        assert services.ingest.store_instance(CLI, third).status is StoreStatus.STORED
+    assert "using the full path" in caplog.text  # the dead connection was met, and dropped
+    assert _count(services, Instance) == 3
+    with services.engine.connect() as conn:
+        assert conn.execute(select(Series.num_instances)).scalar_one() == 3
