@@ -80,7 +80,7 @@ def _worker(settings: Settings, shared: Any, ready: Any = None,
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     from dicom_scp.server import DicomService
-    from pacs.services import build_services
+    from pacs.services import build_services, settle_heap
 
     services = build_services(settings)
     service = DicomService(services, shared=shared)
@@ -88,6 +88,7 @@ def _worker(settings: Settings, shared: Any, ready: Any = None,
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service.start()
+    settle_heap()
     if ready is not None:
         ready.set()
     stop.wait()
@@ -162,6 +163,9 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service.start()
     http.start()
+    from pacs.services import settle_heap
+
+    settle_heap()
     _wait_ready(children, ready_events)
     console.print(
         f"[green]mini-PACS ready[/green]: DICOM AE [bold]{settings.ae_title}[/bold] on "

@@ -153,6 +153,12 @@ def test_worker_processes_share_associations_evenly(tmp_path: Path) -> None:
         for assoc in held[:2]:  # two released: the next ones still go where fewest are open
             assoc.release()
         held = held[2:]
+        # release() returns on the A-RELEASE-RP, a moment before the archive closes its end
+        deadline = time.monotonic() + 10
+        while (sum(c["established"] for c in _port_sockets(pids, srv.port).values()) > 2
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        time.sleep(0.6)  # each process publishes its count between accepts, every <= 0.5 s
         for _ in range(2):
             assoc = _scu().associate("127.0.0.1", srv.port)
             assert assoc.send_c_echo().Status == 0
