@@ -79,17 +79,22 @@ class Target:
     prepare: Callable[[Path], None] | None = None
 
 
-def preloaded_copy(source: Path, dest_name: str, skip: tuple[str, ...] = ()) -> Callable[[Path], None]:
-    """Copy a loaded target's folder into ``work/dest_name``: files copied (the index is
-    written to), the object folders hard-linked (stored objects are never modified)."""
+def preloaded_copy(source: Path, dest_name: str, linked: str,
+                   skip: tuple[str, ...] = ()) -> Callable[[Path], None]:
+    """Copy a loaded target's folder into ``work/dest_name``: everything copied (an index is
+    written to in place: a hard link would change the loaded original), except the object
+    folder ``linked``, hard-linked (stored objects are never modified, new ones are new
+    files in the copy's own folders)."""
     def prepare(work: Path) -> None:
         dest = work / dest_name
         dest.mkdir(parents=True, exist_ok=True)
         for entry in source.iterdir():
             if entry.name in skip:
                 continue
-            if entry.is_dir():
+            if entry.name == linked:
                 subprocess.run(["cp", "-al", str(entry), str(dest / entry.name)], check=True)
+            elif entry.is_dir():
+                shutil.copytree(entry, dest / entry.name)
             else:
                 shutil.copy2(entry, dest / entry.name)
     return prepare
@@ -288,11 +293,11 @@ def main() -> None:
         label = f"@{args.loaded // 1000}k"
         if "orthanc" in by_name:
             targets.append(Target("orthanc" + label, "ORTHANC", start_orthanc,
-                                  preloaded_copy(args.preloaded / "orthanc", ".",
+                                  preloaded_copy(args.preloaded / "orthanc", ".", "storage",
                                                  skip=("orthanc.json", "orthanc.log"))))
         if "pacs-embedded" in by_name:
             targets.append(Target("pacs-embedded" + label, "MINIPACS", pacs_starter(extra),
-                                  preloaded_copy(args.preloaded / "pacs", "data",
+                                  preloaded_copy(args.preloaded / "pacs", "data", "objects",
                                                  skip=("tmp", "pacs.log"))))
         wanted = [t.name for t in targets]
     results: dict[str, dict[str, list[float]]] = {n: {a: [] for a in assocs} for n in wanted}

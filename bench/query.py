@@ -409,20 +409,26 @@ def table(samples: dict[str, dict[str, list[float]]], extra: Callable[[str], lis
 def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
     samples, counts = data["samples"], data["matches"]
     name = "query-latest" if n == 10_000 else f"query-{n // 1000}k"
-    base = None
+    base = base_matches = None
     if n != 10_000 and (RESULTS / "query-latest.json").exists():
-        base = json.loads((RESULTS / "query-latest.json").read_text())["medians"]["pacs"]
+        small = json.loads((RESULTS / "query-latest.json").read_text())
+        base, base_matches = small["medians"]["pacs"], small["matches"]["pacs"]
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
 
     def extra(label: str) -> list[str]:
         cells = [f"{counts['pacs'][label]} / {counts['orthanc'][label]}"]
-        if base is not None:
-            cells.append(f"{med['pacs'][label] / base[label]:.2f}x" if label in base else "-")
+        if base is not None and base_matches is not None:
+            if label not in base:
+                return [*cells, "-", "-"]
+            growth = med["pacs"][label] / base[label]
+            per_match = growth / max(1, counts["pacs"][label]) * max(1, base_matches[label])
+            cells += [f"{growth:.2f}x", f"{per_match:.2f}x"]
         return cells
 
     broad = (" (fewer for all studies and, above 20k studies, the broad queries: see the "
              "JSON)")
-    heads = ["matches (us / Orthanc)"] + ([f"ours {n // 1000}k / ours 10k"] if base else [])
+    heads = ["matches (us / Orthanc)"] + ([f"ours {n // 1000}k / ours 10k",
+                                          "same, per match"] if base else [])
     lines = header(f"Query benchmark, {n} studies",
                    f"{n} studies of one 16x16 instance (two per patient, ~9 % of names start "
                    f"with A, dates over 12 years, {YEAR} ~8 %); medians of {repeat} requests "
