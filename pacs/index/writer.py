@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import Pool
@@ -288,6 +288,44 @@ def _raw_statements(dialect: Any) -> tuple[_RawStatement, _RawStatement, _RawSta
             _RawStatement.of(stmts.count_study, dialect))
 
 
+@functools.cache
+def _raw_counted_insert(dialect: Any) -> _RawStatement | None:
+    """PostgreSQL: the instance row and both counters in one statement (data-modifying
+    CTEs), a study row's id when the row went in, no row (and nothing changed) otherwise.
+    Run in autocommit, it is its own transaction: one round trip instead of five (BEGIN,
+    INSERT, two UPDATEs, COMMIT). None where there is no such statement (SQLite)."""
+    if dialect.name != "postgresql":
+        return None
+    inserted = _statements_for(dialect.name).insert_instance.cte("inserted")
+    counted = (update(Series).where(Series.id == inserted.c.series_pk)
+               .values(num_instances=Series.num_instances + literal_column("1"))
+               .returning(Series.study_pk).cte("counted"))
+    statement = (update(Study).where(Study.id == counted.c.study_pk)
+                 .values(num_instances=Study.num_instances + literal_column("1"))
+                 .returning(Study.id))
+    return _RawStatement.of(statement, dialect)
+
+
+def _insert_counted(connection: Any, statement: _RawStatement, pending: _Pending) -> bool:
+    """One new instance of an indexed series through :func:`_raw_counted_insert`; True once
+    committed, False (nothing changed) when the series is missing or the UID indexed."""
+    values = _instance_values(pending.header, pending.obj)
+    values["series_uid"] = pending.header.series_uid
+    driver = connection.driver_connection
+    driver.autocommit = True
+    try:
+        cursor = connection.cursor()
+        cursor.execute(statement.sql, statement.params(values))
+        inserted = cursor.fetchone() is not None
+        cursor.close()
+        return inserted
+    finally:
+        try:
+            driver.autocommit = False
+        except Exception:  # noqa: BLE001 - a broken connection: never back to the pool as is
+            driver.close()  # (in autocommit); the pool replaces a closed connection
+
+
 def _insert_known_series(engine: Engine, batch: Sequence[_Pending]) -> bool:
     """The common case on the DBAPI cursor, without SQLAlchemy's per-statement work (about
     as much CPU as the rest of an ingest): every instance is new and its series indexed.
@@ -302,6 +340,9 @@ def _insert_known_series(engine: Engine, batch: Sequence[_Pending]) -> bool:
         except SQLAlchemyError:
             return False
         try:
+            counted = _raw_counted_insert(engine.dialect)
+            if counted is not None and len(batch) == 1:
+                return _insert_counted(connection, counted, batch[0])
             cursor = connection.cursor()
             if sqlite:
                 cursor.execute("BEGIN IMMEDIATE")

@@ -359,6 +359,36 @@ def test_index_failure_removes_the_staged_bytes(services: Services) -> None:
     assert _objects(services) == [] and staged_leftovers(services.store) == []
 
 
+def test_one_statement_index_path_counts_and_leaves_transactions_on(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL an instance of a known series goes in with its counters in one statement,
+    in autocommit; the connection returns to the pool transactional again."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's data-modifying CTEs")
+    from pacs.demo import generate_bulk
+    from pacs.index import writer
+    from pacs.index.db import unpinged
+
+    taken: list[bool] = []
+    one_statement = writer._insert_counted
+    monkeypatch.setattr(writer, "_insert_counted",
+                        lambda *args: taken.append(one_statement(*args)) or taken[-1])
+    first, second, third = (_bytes(ds) for ds in generate_bulk(8, 1, 3))
+    services.ingest.store_instance(CLI, first)  # new series: the full path
+    for raw in (second, third, second):
+        services.ingest.store_instance(CLI, raw)
+    assert taken == [False, True, True, False]  # no series yet, two new ones, the resend
+    with services.engine.connect() as conn:
+        assert conn.execute(select(Series.num_instances)).scalar_one() == 3
+        assert conn.execute(select(Study.num_instances)).scalar_one() == 3
+    assert _count(services, Instance) == 3
+    pooled = unpinged(services.engine).raw_connection()
+    try:
+        assert pooled.driver_connection.autocommit is False
+    finally:
+        pooled.close()
+
+
 def test_stores_go_on_after_the_database_dropped_our_connections(
         services: Services, caplog: pytest.LogCaptureFixture) -> None:
     """The index's fast path checks out connections without a pre-ping (pacs.index.db):
