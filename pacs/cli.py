@@ -45,11 +45,11 @@ def _settings(**overrides: object) -> Settings:
     return settings
 
 
-def _services(settings: Settings):  # type: ignore[no-untyped-def]
+def _services(settings: Settings, doorbell: Any = None):  # type: ignore[no-untyped-def]
     from pacs.services import build_services
 
     try:
-        return build_services(settings)
+        return build_services(settings, doorbell=doorbell)
     except (PacsError, Exception) as exc:  # noqa: BLE001 - show a clear message, not a trace
         if isinstance(exc, PacsError) or type(exc).__module__.startswith(("storage", "sqlalchemy")):
             console.print(f"[red]cannot open the archive:[/red] {exc}")
@@ -70,10 +70,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker(settings: Settings, shared: Any, ready: Any = None,
-            parent_pid: int | None = None) -> None:
+            parent_pid: int | None = None, doorbell: Any = None) -> None:
     """A DICOM service process taking associations from the listening socket in ``shared``
     (a :class:`dicom_scp.server.SharedPort`) with its siblings; sets ``ready`` (a
-    multiprocessing Event) once it accepts associations, and dies with ``parent_pid``."""
+    multiprocessing Event) once it accepts associations, and dies with ``parent_pid``.
+    With a ``doorbell`` (S3 behind the spool) the uploads process uploads its objects."""
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     logging.basicConfig(level=settings.log_level.upper(),
@@ -82,7 +83,7 @@ def _worker(settings: Settings, shared: Any, ready: Any = None,
     from dicom_scp.server import DicomService
     from pacs.services import build_services, settle_heap
 
-    services = build_services(settings)
+    services = build_services(settings, doorbell=doorbell)
     service = DicomService(services, shared=shared)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -94,6 +95,37 @@ def _worker(settings: Settings, shared: Any, ready: Any = None,
     stop.wait()
     service.stop()
     services.close()
+
+
+UPLOAD_NICE = 10  # the uploads process yields the CPU to ingest and reading (docs/deployment.md)
+
+
+def _uploader(settings: Settings, doorbell: Any, parent_pid: int) -> None:
+    """The process that uploads the S3 spool (:func:`storage.spooled.run_uploads`), at a
+    lower priority than the DICOM and web processes: while they are busy the spool absorbs
+    the difference, and it drains as soon as they are not."""
+    _die_with_parent(parent_pid)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    os.nice(UPLOAD_NICE)
+    from pacs.services import open_storage
+    from storage.spooled import SpooledStore, run_uploads
+
+    store = open_storage(settings)
+    assert isinstance(store, SpooledStore)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        run_uploads(store, doorbell, stop)
+    finally:
+        store.close()
+
+
+def _start_uploader(ctx: Any, settings: Settings, doorbell: Any) -> multiprocessing.process.BaseProcess:
+    proc = ctx.Process(target=_uploader, args=(settings, doorbell, os.getpid()), name="s3-uploads")
+    proc.start()
+    return proc
 
 
 def _watch_workers(children: list[multiprocessing.process.BaseProcess], counts: Any,
@@ -132,14 +164,20 @@ def serve(
 ) -> None:
     """Start the archive's DICOM service; stop it with Ctrl-C or SIGTERM."""
     settings = _settings(dicom_port=dicom_port, http_port=http_port, dicom_workers=workers)
-    services = _services(settings)
+    from pacs.services import uses_spool
+    from storage.spooled import Doorbell
+
+    ctx = multiprocessing.get_context("spawn")
+    # S3 behind the spool: one process of its own uploads (no upload threads in the others)
+    doorbell = Doorbell() if uses_spool(settings) else None
+    services = _services(settings, doorbell)
+    uploader = _start_uploader(ctx, settings, doorbell) if doorbell is not None else None
     if demo_if_empty and _is_empty(services):
         console.print("empty archive: loading the demo studies (pacs demo)")
         _import_datasets(services, _demo_part10(2026, 6), "demo")
     from dicom_scp.server import DicomService, SharedPort
 
     workers = settings.dicom_process_count()
-    ctx = multiprocessing.get_context("spawn")
     counts = ctx.RawArray("i", workers) if workers > 1 else None
     service = DicomService(services, shared=SharedPort(counts, 0) if counts else None)
     children: list[multiprocessing.process.BaseProcess] = []
@@ -150,8 +188,8 @@ def serve(
         for n in range(1, workers):
             ready = ctx.Event()
             shared = SharedPort(counts, n, listener=service.server.socket)
-            proc = ctx.Process(target=_worker, args=(child_settings, shared, ready, os.getpid()),
-                               name=f"dicom-{n + 1}")
+            proc = ctx.Process(target=_worker, name=f"dicom-{n + 1}",
+                               args=(child_settings, shared, ready, os.getpid(), doorbell))
             proc.start()
             children.append(proc)
             ready_events.append(ready)
@@ -176,6 +214,10 @@ def serve(
     lost: set[int] = set()
     while not stop.wait(1.0):
         _watch_workers(children, counts, lost)
+        if uploader is not None and not uploader.is_alive():
+            console.print(f"[red]S3 uploads process exited with {uploader.exitcode}[/red]; "
+                          "restarting it (objects wait in the spool meanwhile)")
+            uploader = _start_uploader(ctx, settings, doorbell)
     console.print("stopping: finishing associations in flight")
     for proc in children:
         if proc.pid:
@@ -184,6 +226,9 @@ def serve(
     service.stop()
     for proc in children:
         proc.join(30)
+    if uploader is not None:  # uploads in flight end; the rest resume at the next start
+        uploader.terminate()
+        uploader.join(30)
     services.close()
     console.print("stopped")
 

@@ -62,7 +62,9 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "With s3:// storage, acknowledge stores once fsynced in a local spool "
             "(`<data dir>/spool`) and upload to S3 in the background; pending uploads resume "
             "after a restart. `false`: every store waits for S3."),
-    Setting("PACS_S3_UPLOAD_WORKERS", "4", "Parallel background uploads from the spool to S3."),
+    Setting("PACS_S3_UPLOAD_WORKERS", "4", "Parallel background uploads from the spool to S3 "
+            "(threads of `pacs serve`'s uploads process, which runs at a lower priority than "
+            "ingest)."),
     Setting("PACS_REMOTE_AES", "(empty)",
             "Known peers and C-MOVE destinations: `AET@host:port,AET2@host:port`."),
     Setting("PACS_REQUIRE_KNOWN_AES", "false",

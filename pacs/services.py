@@ -16,7 +16,7 @@ from pacs.ingest import IngestService
 from pacs.query import QueryService
 from pacs.retrieve import RetrieveService
 from pacs.wado import WadoService
-from storage.spooled import SpooledStore
+from storage.spooled import Doorbell, SpooledStore
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,16 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def open_storage(settings: Settings, *, spool: bool | None = None) -> storage.ObjectStore:
-    """The object store of ``settings``: a folder, or S3 behind a durable local spool."""
+def uses_spool(settings: Settings) -> bool:
+    """Whether ``settings``' objects go to S3 through the local spool."""
+    return settings.storage_url.startswith("s3://") and settings.s3_spool
+
+
+def open_storage(settings: Settings, *, spool: bool | None = None,
+                 doorbell: Doorbell | None = None) -> storage.ObjectStore:
+    """The object store of ``settings``: a folder, or S3 behind a durable local spool
+    (uploaded by this process, or with a ``doorbell`` by the one that runs
+    :func:`storage.spooled.run_uploads`)."""
     if not settings.storage_url.startswith("s3://"):
         return storage.open_store(settings.storage_url)
     s3 = storage.S3Options(
@@ -61,16 +69,19 @@ def open_storage(settings: Settings, *, spool: bool | None = None) -> storage.Ob
     if not (settings.s3_spool if spool is None else spool):
         return remote
     spool_dir = settings.data_dir / "spool"
-    return SpooledStore(storage.FolderStore(spool_dir), remote, settings.s3_upload_workers)
+    return SpooledStore(storage.FolderStore(spool_dir), remote, settings.s3_upload_workers,
+                        doorbell=doorbell)
 
 
-def build_services(settings: Settings, *, auto_upgrade: bool | None = None) -> Services:
-    """Engine, storage and services for ``settings``; the schema is created or checked."""
+def build_services(settings: Settings, *, auto_upgrade: bool | None = None,
+                   doorbell: Doorbell | None = None) -> Services:
+    """Engine, storage and services for ``settings``; the schema is created or checked.
+    With a ``doorbell`` another process uploads what the S3 spool takes (``pacs serve``)."""
     engine = make_engine(settings.database_url)
     if auto_upgrade is None:
         auto_upgrade = make_url(settings.database_url).get_backend_name() == "sqlite"
     ensure_schema(engine, auto_upgrade=auto_upgrade)
-    store = open_storage(settings)
+    store = open_storage(settings, doorbell=doorbell)
     store.check()
     retrieve = RetrieveService(engine, store)
     ingest = IngestService(engine, store, settings.duplicate_policy, settings.max_object_size)

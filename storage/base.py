@@ -151,8 +151,9 @@ class Staged(Protocol):
 
 def stage(store: object, key: str) -> Staged | None:
     """Start writing ``key`` piece by piece if ``store`` can (a ``stage(key)`` method: the
-    folder store), else None: the caller uses ``put``. The S3 spool does not: its upload
-    threads hold the interpreter lock so often that the writes' extra releases of it slowed
-    four associations by a quarter (docs/performance.md)."""
+    folder store), else None: the caller uses ``put``. The S3 spool does not: with upload
+    threads in the same process the writes' extra releases of the interpreter lock slowed
+    four associations by a quarter, and with uploads in a process of their own it measured
+    no faster than ``put`` (docs/performance.md)."""
     method = getattr(store, "stage", None)
     return method(check_key(key)) if method is not None else None

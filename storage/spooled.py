@@ -6,11 +6,19 @@ then drop the spool copy. Reads are served from the spool while an upload is pen
 from the remote store. On start every object still in the spool is queued again, so a crash
 or a kill at any point loses nothing that ``put`` returned for. While the remote store is
 down, uploads are retried with backoff; ingest keeps working as long as the spool has room.
+
+Uploads may run in another process than the puts (``pacs serve`` does: the DICOM and web
+processes then spend no time or interpreter lock on uploads, and the uploading process runs
+at a lower priority than ingest): the putting processes' stores are made with a
+:class:`Doorbell` and only spool and ring it; one process runs :func:`run_uploads` with an
+ordinary ``SpooledStore``. A ring that is lost (the pipe full, the uploader restarting) costs
+nothing: the uploader rescans the spool every ``RESCAN_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue
 import threading
@@ -23,6 +31,37 @@ from storage.folder import FolderStore
 
 log = logging.getLogger(__name__)
 
+RESCAN_SECONDS = 60.0  # how often the uploading process looks for spooled keys not rung
+REPORT_SECONDS = 60.0  # how often it logs a backlog of pending uploads
+
+
+class Doorbell:
+    """Keys spooled by some processes, for the one process that uploads them: a pipe whose
+    writers never block (a full pipe drops the ring; the uploader's rescan finds the key).
+
+    Made before the processes start and passed to them (it pickles with their arguments)."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)
+        self._partial = b""
+
+    def ring(self, key: str) -> bool:
+        """Tell the uploader ``key`` is spooled; False when the ring was dropped."""
+        try:  # one write of at most PIPE_BUF bytes: whole or not at all (keys <= 512 ASCII)
+            os.write(self._writer.fileno(), key.encode("ascii") + b"\n")
+            return True
+        except OSError:  # BlockingIOError when full; the rescan picks the key up
+            return False
+
+    def wait(self, timeout: float) -> list[str]:
+        """Keys rung since the last call, waiting up to ``timeout`` seconds for the first."""
+        if not self._reader.poll(timeout):
+            return []
+        data = self._partial + os.read(self._reader.fileno(), 1 << 16)
+        *lines, self._partial = data.split(b"\n")
+        return [line.decode("ascii") for line in lines if line]
+
 
 class SpooledStore:
     """``ObjectStore`` that acknowledges on the local spool and uploads in the background."""
@@ -30,22 +69,25 @@ class SpooledStore:
     eventually_consistent = True  # another node may read before our upload lands
 
     def __init__(self, spool: FolderStore, remote: ObjectStore, workers: int = 4,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, doorbell: Doorbell | None = None) -> None:
+        """Uploads in ``workers`` threads of this process; with a ``doorbell``, none here:
+        ``put`` rings it and the process running :func:`run_uploads` uploads."""
         self.spool = spool
         self.remote = remote
+        self._doorbell = doorbell
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._pending: set[str] = set()
-        self._cancelled: set[str] = set()  # deleted while queued or uploading
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._max_backoff = max_backoff
+        self._threads: list[threading.Thread] = []
+        self.spool.check()  # creates the spool folder
+        if doorbell is not None:
+            return
         self._threads = [threading.Thread(target=self._upload_loop, name=f"s3-upload-{n}",
                                           daemon=True) for n in range(max(1, workers))]
-        self.spool.check()  # creates the spool folder
-        for key in self.spool.keys():  # resume uploads left by a previous run
-            self._enqueue(key)
-        if self._pending:
-            log.info("resuming %d pending upload(s) to %s", len(self._pending), remote.url)
+        if self.rescan():  # resume uploads left by a previous run
+            log.info("resuming %d pending upload(s) to %s", self.pending(), remote.url)
         for thread in self._threads:
             thread.start()
 
@@ -53,12 +95,20 @@ class SpooledStore:
     def url(self) -> str:
         return f"{self.remote.url} (spool {self.spool.url})"
 
-    def _enqueue(self, key: str) -> None:
+    def enqueue(self, key: str) -> None:
+        """Upload ``key`` from the spool (once, however often it is asked for meanwhile)."""
         with self._lock:
             if key in self._pending:
                 return
             self._pending.add(key)
         self._queue.put(key)
+
+    def rescan(self) -> int:
+        """Queue every object in the spool not queued yet; how many were added."""
+        before = len(self._pending)
+        for key in self.spool.keys():
+            self.enqueue(key)
+        return len(self._pending) - before
 
     def _upload_loop(self) -> None:
         backoff = 0.5
@@ -67,14 +117,12 @@ class SpooledStore:
             if key is None:
                 return
             try:
-                self._upload(key)
-                with self._lock:
-                    cancelled = key in self._cancelled
-                if cancelled:  # deleted while we uploaded: our copy landed after its delete
-                    self.remote.delete(key)
-                self.spool.delete(key)
+                landed = self._upload(key)
                 backoff = 0.5
-                self._done(key)
+                if landed:
+                    self._done(key)
+                else:  # replaced while we uploaded: upload the new bytes
+                    self._queue.put(key)
             except ObjectNotFound:  # deleted meanwhile
                 self._done(key)
             except Exception as exc:  # noqa: BLE001 - an upload thread must never die
@@ -86,27 +134,52 @@ class SpooledStore:
     def _done(self, key: str) -> None:
         with self._lock:
             self._pending.discard(key)
-            self._cancelled.discard(key)
             self._lock.notify_all()
 
-    def _upload(self, key: str) -> None:
-        """Stream the spool file to the remote store (never whole in memory)."""
+    def _upload(self, key: str) -> bool:
+        """Stream the spool file to the remote store (never whole in memory), then drop the
+        spool copy; False when the spool file was replaced meanwhile (kept, to upload again).
+
+        A delete (in any process) removes the spool file, then the remote copy: if our copy
+        landed after that, the spool file is gone and we remove the remote copy again (it
+        would otherwise be an orphan)."""
+        path = self.spool.root / check_key(key)
         try:
-            stream = open(self.spool.root / check_key(key), "rb")  # noqa: SIM115
+            stream = open(path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise StorageError(f"spool read failed: {exc}") from exc
         with stream:
-            self.remote.put(key, stream, os.fstat(stream.fileno()).st_size)
+            sent = os.fstat(stream.fileno())
+            self.remote.put(key, stream, sent.st_size)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:  # deleted while we uploaded
+            self.remote.delete(key)
+            return True
+        if (now.st_dev, now.st_ino) != (sent.st_dev, sent.st_ino):
+            return False
+        self.spool.delete(key)
+        return True
 
     def pending(self) -> int:
+        """Uploads not landed yet (with a doorbell: objects in the spool)."""
+        if self._doorbell is not None:
+            return sum(1 for _ in self.spool.keys())
         with self._lock:
             return len(self._pending)
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until every queued upload has landed; False on timeout."""
+        """Wait until every queued upload has landed (with a doorbell: until the spool is
+        empty); False on timeout."""
         deadline = time.monotonic() + timeout
+        if self._doorbell is not None:
+            while self.pending():
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            return True
         with self._lock:
             while self._pending:
                 left = deadline - time.monotonic()
@@ -117,7 +190,10 @@ class SpooledStore:
 
     def put(self, key: str, data: bytes | BinaryIO, length: int = -1) -> None:
         self.spool.put(key, data, length)
-        self._enqueue(key)
+        if self._doorbell is not None:
+            self._doorbell.ring(key)
+        else:
+            self.enqueue(key)
 
     def get(self, key: str) -> bytes:
         try:
@@ -151,10 +227,7 @@ class SpooledStore:
 
     def delete(self, key: str) -> None:
         """Remove the object; an upload of it in flight removes its remote copy when it lands
-        (it would otherwise recreate the object after this delete: an orphan)."""
-        with self._lock:
-            if key in self._pending:
-                self._cancelled.add(key)
+        (see ``_upload``)."""
         self.spool.delete(key)
         self.remote.delete(key)
 
@@ -182,3 +255,26 @@ class SpooledStore:
         self.remote.close()
         self.spool.close()
 
+
+
+def run_uploads(store: SpooledStore, doorbell: Doorbell, stop: threading.Event,
+                rescan_every: float = RESCAN_SECONDS) -> None:
+    """The uploading process's loop, until ``stop``: queue the keys other processes ring on
+    ``store``'s upload threads, rescan the spool now and then (rings dropped, or rung
+    while no uploader ran), log a backlog every ``REPORT_SECONDS``."""
+    next_scan = time.monotonic() + rescan_every  # the store rescanned when it was made
+    next_report = time.monotonic() + REPORT_SECONDS
+    while not stop.is_set():
+        for key in doorbell.wait(0.5):
+            store.enqueue(key)
+        now = time.monotonic()
+        if now >= next_scan:
+            found = store.rescan()
+            if found:
+                log.info("%d spooled object(s) found by the rescan, queued", found)
+            next_scan = now + rescan_every
+        if now >= next_report:
+            backlog = store.pending()
+            if backlog:
+                log.info("%d upload(s) pending to %s", backlog, store.remote.url)
+            next_report = now + REPORT_SECONDS

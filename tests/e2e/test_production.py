@@ -21,7 +21,9 @@ Fault tests use private servers (:func:`tests.infra.start_seaweedfs`,
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import threading
 import uuid
@@ -32,6 +34,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from pacs.cli import UPLOAD_NICE
 from pacs.context import Caller
 from pacs.demo import StudySpec
 from pacs.index.db import make_engine
@@ -433,3 +436,48 @@ def test_sigkilled_node_resumes_uploads_of_everything_acknowledged(
     result = run_pacs(again.env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"checked {len(study)} instance(s): 0 missing, 0 corrupt" in result.stderr
+
+
+# -- 5. the uploads process dies -------------------------------------------------------------
+
+def _uploads_process(parent: int) -> int:
+    """The PID of ``pacs serve``'s uploads process: its one child at the uploads' priority."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == parent and int(fields[16]) == UPLOAD_NICE:
+            found.append(int(entry.name))
+    assert len(found) == 1, f"uploads processes of {parent}: {found}"
+    return found[0]
+
+
+def test_killed_uploads_process_is_restarted_and_uploads_everything(
+        private_s3: SeaweedServer, postgres_url: str, start_node: Callable[..., PacsNode],
+        tmp_path: Path) -> None:
+    """S3 uploads run in a process of their own at a lower priority; killed, it is started
+    again and uploads what was acknowledged meanwhile (rung, or found in the spool)."""
+    backend = Backend(postgres_url, f"uploads-{uuid.uuid4().hex[:16]}", private_s3)
+    (study,) = make_studies(42, [("BN7007", StudySpec("CT", 1, 12, rows=64, columns=64))])
+    node = start_node(backend, tmp_path / "node")
+    first = _uploads_process(node.proc.pid)
+    assert store_all(node.port, study[:6]) == [0] * 6
+    wait_uploaded(node, UPLOAD_TIMEOUT)
+    os.kill(first, signal.SIGKILL)
+    assert store_all(node.port, study[6:]) == [0] * 6
+    wait_uploaded(node, UPLOAD_TIMEOUT)
+    assert "S3 uploads process exited" in node.log_text()
+    assert _uploads_process(node.proc.pid) != first
+    engine = make_engine(backend.database_url)
+    bucket = backend.bucket_store()
+    try:
+        objects = indexed(engine)
+        assert sorted(objects) == sorted(_uids(study))
+        assert not_in_bucket(bucket, objects) == []
+    finally:
+        bucket.close()
+        engine.dispose()

@@ -1,4 +1,5 @@
-"""The durable spool in front of a remote store: a delete during an upload leaves no orphan."""
+"""The durable spool in front of a remote store: a delete during an upload leaves no orphan;
+uploads in another process than the puts (a doorbell) lose nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage.folder import FolderStore
-from storage.spooled import SpooledStore
+from storage.spooled import Doorbell, SpooledStore, run_uploads
 
 
 class GatedStore(FolderStore):
@@ -56,3 +57,107 @@ def test_large_stream_is_uploaded_whole(tmp_path: Path) -> None:
     finally:
         store.close()
 
+
+
+def test_replaced_during_upload_uploads_the_new_bytes(tmp_path: Path) -> None:
+    remote = GatedStore(tmp_path / "remote")
+    remote.check()
+    store = SpooledStore(FolderStore(tmp_path / "spool"), remote, workers=1)
+    try:
+        store.put("ab/object.dcm", b"old" * 100)
+        assert remote.started.wait(10)
+        store.put("ab/object.dcm", b"new" * 100)  # the upload has the old file open
+        remote.gate.set()
+        assert store.flush(10)
+        assert remote.get("ab/object.dcm") == b"new" * 100
+        assert list(store.spool.keys()) == []
+    finally:
+        remote.gate.set()
+        store.close()
+
+
+class Uploader:
+    """What ``pacs serve``'s uploads process runs, on a thread: a store that uploads, fed
+    by a doorbell."""
+
+    def __init__(self, spool: Path, remote: FolderStore, doorbell: Doorbell,
+                 rescan_every: float = 60.0) -> None:
+        self.store = SpooledStore(FolderStore(spool), remote, workers=2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=run_uploads, args=(
+            self.store, doorbell, self.stop, rescan_every))
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.store.close()
+
+
+def test_puts_rung_to_another_uploader_land_and_leave_the_spool(tmp_path: Path) -> None:
+    remote = FolderStore(tmp_path / "remote")
+    remote.check()
+    doorbell = Doorbell()
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), remote, doorbell=doorbell)
+    writer.put("ab/one.dcm", b"1" * 1000)
+    writer.put("cd/two.dcm", b"2" * 1000)
+    assert writer.pending() == 2 and not remote.exists("ab/one.dcm")  # nobody uploads yet
+    uploader = Uploader(tmp_path / "spool", remote, doorbell)
+    try:
+        assert writer.flush(10), f"{writer.pending()} still in the spool"
+        writer.put("ef/three.dcm", b"3" * 1000)  # rung while the uploader runs
+        assert writer.flush(10)
+        assert [remote.get(k)[:1] for k in ("ab/one.dcm", "cd/two.dcm", "ef/three.dcm")] == [
+            b"1", b"2", b"3"]
+        assert writer.get("ef/three.dcm") == b"3" * 1000  # read from the remote store now
+    finally:
+        uploader.close()
+        writer.close()
+
+
+def test_a_full_doorbell_drops_rings_and_never_blocks(tmp_path: Path) -> None:
+    doorbell = Doorbell()
+    rings = 0
+    while doorbell.ring(f"xx/{rings:020d}.dcm"):  # nobody reads: the pipe fills
+        rings += 1
+        assert rings < 1_000_000
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), FolderStore(tmp_path / "remote"),
+                          doorbell=doorbell)
+    writer.put("ab/lost.dcm", b"x" * 100)  # spooled; its ring dropped
+    assert writer.get("ab/lost.dcm") == b"x" * 100 and writer.pending() == 1
+    assert doorbell.wait(0)[:1] == [f"xx/{0:020d}.dcm"]
+    writer.close()
+
+
+def test_a_key_not_rung_is_found_by_the_rescan(tmp_path: Path) -> None:
+    remote = FolderStore(tmp_path / "remote")
+    remote.check()
+    doorbell = Doorbell()
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), remote, doorbell=doorbell)
+    uploader = Uploader(tmp_path / "spool", remote, doorbell, rescan_every=0.2)
+    try:
+        writer.spool.put("ab/lost.dcm", b"x" * 100)  # as if its ring had been dropped
+        assert writer.flush(10)
+        assert remote.get("ab/lost.dcm") == b"x" * 100
+    finally:
+        uploader.close()
+        writer.close()
+
+
+def test_delete_by_another_process_during_upload_leaves_no_remote_copy(tmp_path: Path) -> None:
+    remote = GatedStore(tmp_path / "remote")
+    remote.check()
+    doorbell = Doorbell()
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), remote, doorbell=doorbell)
+    uploader = Uploader(tmp_path / "spool", remote, doorbell)
+    try:
+        writer.put("ab/object.dcm", b"x" * 1000)
+        assert remote.started.wait(10)
+        writer.delete("ab/object.dcm")  # the uploader has the spool file open already
+        remote.gate.set()
+        assert uploader.store.flush(10)
+        assert not remote.exists("ab/object.dcm") and not writer.exists("ab/object.dcm")
+    finally:
+        remote.gate.set()
+        uploader.close()
+        writer.close()
