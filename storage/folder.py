@@ -194,6 +194,18 @@ class FolderStore:
             if remaining > 0:
                 remaining -= len(chunk)
 
+    def discard(self, key: str) -> None:
+        """Remove a copy that exists elsewhere too (the S3 spool's, once uploaded): as
+        ``delete`` but without the folder's fsync (a journal commit that every other fsync
+        on the disk would wait for). After a crash the copy may be back: it is uploaded
+        again, which changes nothing."""
+        try:
+            self._path(key).unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        except OSError as exc:
+            raise map_os_error(exc, f"{self._root}: {key}") from exc
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

@@ -160,7 +160,7 @@ class SpooledStore:
             return True
         if (now.st_dev, now.st_ino) != (sent.st_dev, sent.st_ino):
             return False
-        self.spool.delete(key)
+        self.spool.discard(key)  # uploaded: no fsync of its folder (see FolderStore.discard)
         return True
 
     def pending(self) -> int:

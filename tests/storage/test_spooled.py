@@ -161,3 +161,13 @@ def test_delete_by_another_process_during_upload_leaves_no_remote_copy(tmp_path:
         remote.gate.set()
         uploader.close()
         writer.close()
+
+
+def test_uploaded_spool_copies_are_discarded_and_a_missing_one_is_fine(tmp_path: Path) -> None:
+    spool = FolderStore(tmp_path / "spool")
+    spool.check()
+    spool.put("ab/object.dcm", b"x")
+    spool.discard("ab/object.dcm")
+    spool.discard("ab/object.dcm")  # gone already (deleted meanwhile): nothing to do
+    spool.discard("ab")  # a folder is never an object
+    assert not spool.exists("ab/object.dcm") and (tmp_path / "spool" / "ab").is_dir()
