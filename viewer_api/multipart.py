@@ -50,16 +50,31 @@ def write_parts(parts: Iterable[tuple[bytes | Iterable[bytes], dict[str, str]]],
             size = 0
 
     for body, headers in parts:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        yield from add(f"--{boundary}\r\n{head}\r\n".encode())
+        yield from add(part_head(boundary, headers))
         if isinstance(body, bytes | bytearray | memoryview):
             yield from add(bytes(body))
         else:
             for chunk in body:
                 yield from add(chunk)
         yield from add(b"\r\n")
-    pending.append(f"--{boundary}--\r\n".encode())
+    pending.append(closing(boundary))
     yield b"".join(pending)
+
+
+def part_head(boundary: str, headers: dict[str, str]) -> bytes:
+    """The delimiter and headers that start a part (its body follows, then CRLF)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"--{boundary}\r\n{head}\r\n".encode()
+
+
+def closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode()
+
+
+def body_length(boundary: str, parts: Iterable[tuple[int, dict[str, str]]]) -> int:
+    """Length of what :func:`write_parts` writes for parts of these (length, headers)."""
+    return sum(len(part_head(boundary, headers)) + length + 2
+               for length, headers in parts) + len(closing(boundary))
 
 
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:

@@ -15,7 +15,13 @@ from pacs.retrieve import StoredInstance
 from pacs.services import Services
 from viewer_api.deps import BaseDep, CallerDep, ServicesDep, check_uids
 from viewer_api.errors import NotAcceptable
-from viewer_api.multipart import new_boundary, parse_content_type, related_content_type, write_parts
+from viewer_api.multipart import (
+    body_length,
+    new_boundary,
+    parse_content_type,
+    related_content_type,
+    write_parts,
+)
 
 router = APIRouter(tags=["WADO-RS"])
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -46,6 +52,11 @@ def _dicom_syntax(request: Request) -> str | None:
     raise NotAcceptable("instances are served as multipart/related; type=\"application/dicom\"")
 
 
+def _part_headers(inst: StoredInstance, ts: str | None, length: int) -> dict[str, str]:
+    return {"Content-Type": f"application/dicom;transfer-syntax={ts or inst.transfer_syntax_uid}",
+            "Content-Length": str(length)}
+
+
 def _multipart_instances(services: Services, found: list[StoredInstance],
                          ts: str | None) -> StreamingResponse:
     boundary = new_boundary()
@@ -53,14 +64,18 @@ def _multipart_instances(services: Services, found: list[StoredInstance],
     def parts() -> Iterator[tuple[Iterator[bytes], dict[str, str]]]:
         for inst in found:  # each object streamed from storage when no transcoding is needed
             chunks, length = services.wado.stream(inst, ts)
-            yield chunks, {"Content-Type": "application/dicom" + (
-                f";transfer-syntax={ts or inst.transfer_syntax_uid}"),
-                "Content-Length": str(length)}
+            yield chunks, _part_headers(inst, ts, length)
 
+    headers: dict[str, str] = {}
     if ts is not None:
         for inst in found:  # refuse before streaming starts
             services.wado.check_syntax(inst, ts)
-    return StreamingResponse(write_parts(parts(), boundary),
+    if all(ts in (None, "*", inst.transfer_syntax_uid) for inst in found):
+        # every object as stored, its length known: the whole answer's length too (a client
+        # can show progress, and the server sends the body as is, not in chunks)
+        headers["Content-Length"] = str(body_length(boundary, (
+            (inst.size, _part_headers(inst, ts, inst.size)) for inst in found)))
+    return StreamingResponse(write_parts(parts(), boundary), headers=headers,
                              media_type=related_content_type("application/dicom", boundary))
 
 

@@ -87,7 +87,9 @@ def test_wado_instance_as_stored_and_default_transcoded(client: TestClient, serv
     stored = client.get(url, headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert stored.status_code == 200 and _parts(stored) == [raw]
+    assert stored.headers["content-length"] == str(len(stored.content))
     native = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert "content-length" not in native.headers  # transcoded: its length known only later
     (part,) = _parts(native)
     got = pydicom.dcmread(io.BytesIO(part))
     assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
@@ -95,6 +97,23 @@ def test_wado_instance_as_stored_and_default_transcoded(client: TestClient, serv
     bad = client.get(url, headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'})
     assert bad.status_code == 406
+
+
+def test_wado_series_as_stored_has_the_answer_length(client: TestClient, services: Services) -> None:
+    """Objects served as stored: the whole multipart answer's length is sent up front."""
+    from pacs.demo import generate_bulk
+
+    sent = {}
+    for ds in generate_bulk(9, 1, 3):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        services.ingest.store_instance(CLI, buffer.getvalue())
+        sent[str(ds.SOPInstanceUID)] = buffer.getvalue()
+    r = client.get(f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}",
+                   headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                      'transfer-syntax=*'})
+    assert r.status_code == 200 and r.headers["content-length"] == str(len(r.content))
+    assert sorted(_parts(r)) == sorted(sent.values())
 
 
 def test_wado_metadata_frames_rendered(client: TestClient, services: Services) -> None:
