@@ -17,6 +17,7 @@ nothing: the uploader rescans the spool every ``RESCAN_SECONDS``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -24,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from storage.base import ObjectNotFound, ObjectStore, StorageError, check_key
@@ -140,9 +142,12 @@ class SpooledStore:
         """Stream the spool file to the remote store (never whole in memory), then drop the
         spool copy; False when the spool file was replaced meanwhile (kept, to upload again).
 
-        A delete (in any process) removes the spool file, then the remote copy: if our copy
-        landed after that, the spool file is gone and we remove the remote copy again (it
-        would otherwise be an orphan)."""
+        The file is held under an exclusive ``flock`` from before the upload until it is
+        dropped, so two uploaders of one spool (``pacs serve``'s and a ``pacs import``
+        running beside it) take turns: the second finds the file gone and stops there.
+        A delete (in any process; it takes no lock) removes the spool file, then the remote
+        copy: if ours landed after that, the file is gone when we look again and we remove
+        the remote copy once more (it would otherwise be an orphan)."""
         path = self.spool.root / check_key(key)
         try:
             stream = open(path, "rb")  # noqa: SIM115
@@ -150,18 +155,21 @@ class SpooledStore:
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise StorageError(f"spool read failed: {exc}") from exc
-        with stream:
+        with stream:  # closing it releases the lock
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX)  # waits for another uploader's turn
             sent = os.fstat(stream.fileno())
+            if not _same_file(path, sent):  # dropped by the uploader before us, or replaced
+                if not path.exists():
+                    raise ObjectNotFound(key)
+                return False
             self.remote.put(key, stream, sent.st_size)
-        try:
-            now = os.stat(path)
-        except FileNotFoundError:  # deleted while we uploaded
-            self.remote.delete(key)
+            if not path.exists():  # deleted while we uploaded
+                self.remote.delete(key)
+                return True
+            if not _same_file(path, sent):
+                return False
+            self.spool.discard(key)  # uploaded: no fsync of its folder (see FolderStore.discard)
             return True
-        if (now.st_dev, now.st_ino) != (sent.st_dev, sent.st_ino):
-            return False
-        self.spool.discard(key)  # uploaded: no fsync of its folder (see FolderStore.discard)
-        return True
 
     def pending(self) -> int:
         """Uploads not landed yet (with a doorbell: objects in the spool)."""
@@ -255,6 +263,15 @@ class SpooledStore:
         self.remote.close()
         self.spool.close()
 
+
+
+def _same_file(path: Path, opened: os.stat_result) -> bool:
+    """Whether ``path`` is (still) the file whose ``fstat`` is ``opened``."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def run_uploads(store: SpooledStore, doorbell: Doorbell, stop: threading.Event,

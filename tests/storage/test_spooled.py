@@ -171,3 +171,27 @@ def test_uploaded_spool_copies_are_discarded_and_a_missing_one_is_fine(tmp_path:
     spool.discard("ab/object.dcm")  # gone already (deleted meanwhile): nothing to do
     spool.discard("ab")  # a folder is never an object
     assert not spool.exists("ab/object.dcm") and (tmp_path / "spool" / "ab").is_dir()
+
+
+def test_two_uploaders_of_one_spool_take_turns_and_lose_nothing(tmp_path: Path) -> None:
+    """``pacs serve``'s uploads and a ``pacs import`` beside it both find a spooled object:
+    the second waits for the first, finds the file uploaded and dropped, and leaves the
+    remote copy alone (it is not a delete)."""
+    remote = GatedStore(tmp_path / "remote")
+    remote.check()
+    first = SpooledStore(FolderStore(tmp_path / "spool"), remote, workers=1)
+    second = None
+    try:
+        first.put("ab/object.dcm", b"x" * 1000)
+        assert remote.started.wait(10)  # first's upload is in flight
+        second = SpooledStore(FolderStore(tmp_path / "spool"), remote, workers=1)  # resumes it
+        assert second.pending() == 1
+        remote.gate.set()
+        assert first.flush(10) and second.flush(10)
+        assert remote.get("ab/object.dcm") == b"x" * 1000
+        assert list(first.spool.keys()) == []
+    finally:
+        remote.gate.set()
+        first.close()
+        if second is not None:
+            second.close()
