@@ -97,20 +97,19 @@ class SpooledStore:
     def url(self) -> str:
         return f"{self.remote.url} (spool {self.spool.url})"
 
-    def enqueue(self, key: str) -> None:
-        """Upload ``key`` from the spool (once, however often it is asked for meanwhile)."""
+    def enqueue(self, key: str) -> bool:
+        """Upload ``key`` from the spool (once, however often it is asked for meanwhile);
+        False when it was queued already."""
         with self._lock:
             if key in self._pending:
-                return
+                return False
             self._pending.add(key)
         self._queue.put(key)
+        return True
 
     def rescan(self) -> int:
         """Queue every object in the spool not queued yet; how many were added."""
-        before = len(self._pending)
-        for key in self.spool.keys():
-            self.enqueue(key)
-        return len(self._pending) - before
+        return sum(self.enqueue(key) for key in self.spool.keys())
 
     def _upload_loop(self) -> None:
         backoff = 0.5
