@@ -13,18 +13,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(UV) pip install --python $(BIN)/python -q -e .
+# Bytecode compiled at install (uv does not by default): with PYTHONDONTWRITEBYTECODE set,
+# as on our machines and in the Dockerfile, every process would otherwise compile every module
+# it imports from source each time it starts (~2 s per `pacs serve` process and worker).
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(UV) pip install --python $(BIN)/python -q --compile-bytecode -e .
 	touch $@
 
-$(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(UV) pip install --python $(BIN)/python -q -e '.[test]'
+$(TEST_STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(UV) pip install --python $(BIN)/python -q --compile-bytecode -e '.[test]'
 	touch $@ $(STAMP)
+
+# our own packages are installed editable: compile what changed since the last time
+COMPILE_OWN = $(BIN)/python -m compileall -q pacs dicom_scp viewer_api storage >/dev/null
 
 install: $(STAMP)
 
 ## run: set up and start the archive (SQLite + folder under ./pacs-data; demo data when empty)
 run: $(STAMP)
+	$(COMPILE_OWN)
 	$(BIN)/pacs serve --demo-if-empty
 
 ## system-deps: Debian packages the tests use (DCMTK peers, PostgreSQL, docker-compose to
@@ -45,6 +52,7 @@ system-deps:
 
 ## test: install what the tests need and run them
 test: $(TEST_STAMP) system-deps
+	$(COMPILE_OWN)
 	$(BIN)/python -m pytest -q
 
 ## check: lint
@@ -63,6 +71,7 @@ clean:
 ## server memory while a 1 GiB object goes in and out (C-STORE, C-GET, WADO-RS, STOW-RS)
 ## (100k studies: make bench-scale)
 bench: $(TEST_STAMP) system-deps
+	$(COMPILE_OWN)
 	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null; } || true
 	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-dicomweb >/dev/null; } || true
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
@@ -75,5 +84,6 @@ bench: $(TEST_STAMP) system-deps
 ## (loading takes ~25 min on 2 cores; the loaded targets stay in BENCH_SCALE_WORK for next time)
 BENCH_SCALE_WORK ?= /var/tmp/pacs-bench-100k
 bench-scale: $(TEST_STAMP) system-deps
+	$(COMPILE_OWN)
 	$(BIN)/python bench/query.py --studies 100000 --no-retrieve --work $(BENCH_SCALE_WORK)
 	$(BIN)/python bench/ingest.py --preloaded $(BENCH_SCALE_WORK)

@@ -32,6 +32,7 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 FRAME = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 JPEG = {"Accept": "image/jpeg"}
+COLD_RENDERS = 20
 
 
 def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -88,6 +89,10 @@ def main() -> None:
 
     files = sorted(folder.iterdir())
     sample = [pydicom.dcmread(f, stop_before_pixels=True) for f in files[:: args.per_study]]
+    # cold renders: first touch of COLD_RENDERS instances spread over all studies (not the
+    # warm one, files[0]); a median of 4 first requests moved with every outlier
+    untouched = [pydicom.dcmread(f, stop_before_pixels=True)
+                 for f in files[1:: max(n // COLD_RENDERS, 1)]]
     targets: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, start, aet in (("orthanc", start_orthanc, "ORTHANC"), ("pacs", start_pacs, "MINIPACS")):
@@ -99,7 +104,7 @@ def main() -> None:
         # opens it, not a script racing the push): our archive precomputes series metadata
         # in the background once stores pause; Orthanc computes on request
         time.sleep(args.settle)
-        results = measure(targets, sample, args.repeat)
+        results = measure(targets, sample, untouched, args.repeat)
     finally:
         for proc, _ in targets.values():
             stop(proc)
@@ -108,7 +113,7 @@ def main() -> None:
 
 
 def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: list[object],
-            repeat: int) -> dict[str, dict[str, list[float]]]:
+            untouched: list[object], repeat: int) -> dict[str, dict[str, list[float]]]:
     clients = {name: httpx.Client(timeout=60) for name in targets}
     out: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
     first = sample[0]
@@ -126,13 +131,15 @@ def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: lis
             "rendered JPEG (warm)": (f"{inst}/rendered", JPEG),
         }
 
-    # cold: first touch of every other study's series metadata and renders
+    # cold: first touch of every other study's series metadata, and of the untouched renders
     for name, (_, base) in targets.items():
         client = clients[name]
         for ds in sample[1:]:
-            s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
+            s, se = ds.StudyInstanceUID, ds.SeriesInstanceUID  # type: ignore[attr-defined]
             out[name].setdefault("series metadata (cold)", []).append(
                 timed(client, f"{base}/studies/{s}/series/{se}/metadata"))
+        for ds in untouched:
+            s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
             out[name].setdefault("rendered JPEG (cold)", []).append(
                 timed(client, f"{base}/studies/{s}/series/{se}/instances/{i}/rendered", JPEG))
     for _ in range(repeat):
@@ -148,8 +155,9 @@ def report(results: dict[str, dict[str, list[float]]], n: int, args: argparse.Na
              f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; Orthanc {orthanc_version()} with its DICOMweb plugin; "
              f"{n} CT instances 512x512 in {args.studies} studies; medians of {args.repeat} "
-             f"requests (cold: first request of each other study, {args.settle:.0f} s after the push "
-             "ended), keep-alive HTTP client.", "",
+             f"requests (cold: first request of each other study's series metadata and of "
+             f"{COLD_RENDERS} instances' renders, {args.settle:.0f} s after the push ended), "
+             "keep-alive HTTP client.", "",
              "| request | mini-PACS (ms) | Orthanc (ms) | ratio us/Orthanc |", "|---|---|---|---|"]
     for label in med["pacs"]:
         ours, theirs = med["pacs"][label], med["orthanc"].get(label)
