@@ -7,7 +7,7 @@ UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run install test check bench bench-scale docs system-deps clean
+.PHONY: run install test check bench bench-scale bench-memory docs system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,3 +87,10 @@ bench-scale: $(TEST_STAMP) system-deps
 	$(COMPILE_OWN)
 	$(BIN)/python bench/query.py --studies 100000 --no-retrieve --work $(BENCH_SCALE_WORK)
 	$(BIN)/python bench/ingest.py --preloaded $(BENCH_SCALE_WORK)
+
+## bench-memory: resident memory of the archive while 10,000 CT instances (5 GB) go in over
+## four associations, on both backend pairs (bench/results/ingest-10k-memory.md)
+bench-memory: $(TEST_STAMP) system-deps
+	$(COMPILE_OWN)
+	$(BIN)/python bench/ingest.py --instances 10000 --rounds 1 --assoc 4 \
+	  --targets pacs-embedded,pacs-postgres-s3 --save-as ingest-10k-memory

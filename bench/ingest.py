@@ -9,8 +9,10 @@ PostgreSQL runs with ``fsync``/``synchronous_commit`` on, as in production. The 
 memory of our archive's processes (all of them, summed) is sampled during each push.
 
 Run with ``make bench`` (installs orthanc/dcmtk when root). Options: ``--instances``,
-``--rounds``, ``--quick``, ``--targets`` (e.g. ``--instances 10000 --rounds 1 --targets
-pacs-embedded`` for the memory check), ``--pacs-env KEY=VALUE`` (experiments).
+``--rounds``, ``--quick``, ``--targets``, ``--assoc``, ``--save-as`` (``make bench-memory``:
+``--instances 10000 --rounds 1 --assoc 4 --targets pacs-embedded,pacs-postgres-s3 --save-as
+ingest-10k-memory``, RSS while 10,000 instances go in), ``--pacs-env KEY=VALUE``
+(experiments).
 
 Scaling (``--preloaded DIR``, run by ``make bench-scale``): DIR is a work folder of
 ``bench/query.py`` holding Orthanc and the archive loaded with N studies; each round pushes
@@ -227,8 +229,8 @@ class RssSampler:
 
     def summary(self) -> dict[str, float]:
         mib = [s / 2**20 for s in self.samples if s] or [0.0]
-        return {"start_mib": round(mib[0], 1), "end_mib": round(mib[-1], 1),
-                "peak_mib": round(max(mib), 1)}
+        return {"start_mib": round(mib[0], 1), "middle_mib": round(mib[len(mib) // 2], 1),
+                "end_mib": round(mib[-1], 1), "peak_mib": round(max(mib), 1)}
 
 
 def push(port: int, ae_title: str, folders: list[Path]) -> float:
@@ -271,6 +273,8 @@ def main() -> None:
     parser.add_argument("--pacs-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra PACS_* setting for our archive (experiments)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--save-as", default="latest", metavar="STEM",
+                        help="write bench/results/STEM.md and .json (default: latest)")
     parser.add_argument("--preloaded", type=Path, metavar="DIR",
                         help="scaling: also push into copies of the Orthanc and archive loaded "
                              "in DIR by bench/query.py --work DIR (orthanc and pacs-embedded only)")
@@ -402,19 +406,21 @@ def report(results: dict[str, dict[str, list[float]]],
                   "process of its own at a lower priority uploads the spool."]
     if any(runs for per in memory.values() for runs in per.values()):
         lines += ["", "Resident memory of the archive (all its processes, MiB) during each push:",
-                  "", "| target | assoc | start | end | peak |", "|---|---|---|---|---|"]
+                  "", "| target | assoc | start | half-way | end | peak |",
+                  "|---|---|---|---|---|---|"]
         for name, per in memory.items():
             for a, runs in per.items():
                 for rss in runs:
-                    lines.append(f"| {name} | {a} | {rss['start_mib']:.0f} | {rss['end_mib']:.0f}"
-                                 f" | {rss['peak_mib']:.0f} |")
+                    lines.append(f"| {name} | {a} | {rss['start_mib']:.0f} | "
+                                 f"{rss.get('middle_mib', 0):.0f} | {rss['end_mib']:.0f} | "
+                                 f"{rss['peak_mib']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.no_save:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.md").write_text(text)
-    (RESULTS / "latest.json").write_text(json.dumps(
+    (RESULTS / f"{args.save_as}.md").write_text(text)
+    (RESULTS / f"{args.save_as}.json").write_text(json.dumps(
         {"results": results, "medians": med, "memory_mib": memory, "instances": args.instances,
          "rounds": args.rounds, "pacs_env": args.pacs_env, "machine": platform.platform()},
         indent=2))
