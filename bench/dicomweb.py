@@ -7,6 +7,7 @@ better). Writes ``bench/results/dicomweb-latest.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-synta
 FRAME = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
 JPEG = {"Accept": "image/jpeg"}
 COLD_RENDERS = 20
+THUMBNAIL = 128  # pixels a side
 
 
 def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
@@ -62,12 +64,21 @@ def start_pacs(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     return proc, port, f"http://127.0.0.1:{http}/dicomweb"
 
 
-def timed(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> float:
+def timed(client: httpx.Client, url: str, headers: dict[str, str] | None = None,
+          fits: int | None = None) -> float:
+    """Milliseconds of one GET; with ``fits``, the answer must be an image of at most that
+    many pixels a side."""
     t0 = time.perf_counter()
     r = client.get(url, headers=headers)
     elapsed = (time.perf_counter() - t0) * 1000
     if r.status_code >= 400:
         raise RuntimeError(f"{url}: HTTP {r.status_code}")
+    if fits is not None:
+        from PIL import Image
+
+        size = Image.open(io.BytesIO(r.content)).size
+        if max(size) > fits:
+            raise RuntimeError(f"{url}: a {size} image, not a {fits}-pixel thumbnail")
     return elapsed
 
 
@@ -91,8 +102,11 @@ def main() -> None:
     sample = [pydicom.dcmread(f, stop_before_pixels=True) for f in files[:: args.per_study]]
     # cold renders: first touch of COLD_RENDERS instances spread over all studies (not the
     # warm one, files[0]); a median of 4 first requests moved with every outlier
-    untouched = [pydicom.dcmread(f, stop_before_pixels=True)
-                 for f in files[1:: max(n // COLD_RENDERS, 1)]]
+    step = max(n // COLD_RENDERS, 1)
+    untouched = [pydicom.dcmread(f, stop_before_pixels=True) for f in files[1::step]]
+    # cold thumbnails: another COLD_RENDERS instances, never rendered either
+    untouched_thumbs = [pydicom.dcmread(f, stop_before_pixels=True)
+                        for f in files[1 + step // 2::step]]
     targets: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, start, aet in (("orthanc", start_orthanc, "ORTHANC"), ("pacs", start_pacs, "MINIPACS")):
@@ -104,7 +118,7 @@ def main() -> None:
         # opens it, not a script racing the push): our archive precomputes series metadata
         # in the background once stores pause; Orthanc computes on request
         time.sleep(args.settle)
-        results = measure(targets, sample, untouched, args.repeat)
+        results = measure(targets, sample, untouched, untouched_thumbs, args.repeat)
     finally:
         for proc, _ in targets.values():
             stop(proc)
@@ -112,15 +126,22 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def thumbnail_path(target: str) -> str:
+    """An instance's thumbnail: ours (128 x 128, PS3.18 8.3.5.2); Orthanc's DICOMweb plugin
+    1.7 has no thumbnail resource, so the same-size render it does have."""
+    return "/thumbnail" if target == "pacs" else f"/rendered?viewport={THUMBNAIL},{THUMBNAIL}"
+
+
 def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: list[object],
-            untouched: list[object], repeat: int) -> dict[str, dict[str, list[float]]]:
+            untouched: list[object], untouched_thumbs: list[object],
+            repeat: int) -> dict[str, dict[str, list[float]]]:
     clients = {name: httpx.Client(timeout=60) for name in targets}
     out: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
     first = sample[0]
     study, series, sop = first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID  # type: ignore[attr-defined]
     pid = first.PatientID  # type: ignore[attr-defined]
 
-    def urls(base: str) -> dict[str, tuple[str, dict[str, str] | None]]:
+    def urls(name: str, base: str) -> dict[str, tuple[str, dict[str, str] | None]]:
         inst = f"{base}/studies/{study}/series/{series}/instances/{sop}"
         return {
             "QIDO studies by PatientID": (f"{base}/studies?PatientID={pid}", None),
@@ -129,6 +150,7 @@ def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: lis
             "WADO-RS instance": (inst, STORED),
             "WADO-RS frame": (f"{inst}/frames/1", FRAME),
             "rendered JPEG (warm)": (f"{inst}/rendered", JPEG),
+            "thumbnail JPEG (warm)": (f"{inst}{thumbnail_path(name)}", JPEG),
         }
 
     # cold: first touch of every other study's series metadata, and of the untouched renders
@@ -142,9 +164,14 @@ def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: lis
             s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
             out[name].setdefault("rendered JPEG (cold)", []).append(
                 timed(client, f"{base}/studies/{s}/series/{se}/instances/{i}/rendered", JPEG))
+        for ds in untouched_thumbs:
+            s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
+            out[name].setdefault("thumbnail JPEG (cold)", []).append(
+                timed(client, f"{base}/studies/{s}/series/{se}/instances/{i}"
+                      f"{thumbnail_path(name)}", JPEG, THUMBNAIL))
     for _ in range(repeat):
         for name, (_, base) in targets.items():  # alternate targets
-            for label, (url, headers) in urls(base).items():
+            for label, (url, headers) in urls(name, base).items():
                 out[name].setdefault(label, []).append(timed(clients[name], url, headers))
     return out
 
@@ -156,8 +183,10 @@ def report(results: dict[str, dict[str, list[float]]], n: int, args: argparse.Na
              f"{platform.python_version()}; Orthanc {orthanc_version()} with its DICOMweb plugin; "
              f"{n} CT instances 512x512 in {args.studies} studies; medians of {args.repeat} "
              f"requests (cold: first request of each other study's series metadata and of "
-             f"{COLD_RENDERS} instances' renders, {args.settle:.0f} s after the push ended), "
-             "keep-alive HTTP client.", "",
+             f"{COLD_RENDERS} instances' renders and of {COLD_RENDERS} others' thumbnails, "
+             f"{args.settle:.0f} s after the push ended), keep-alive HTTP client; thumbnails: "
+             f"ours `/thumbnail`, Orthanc's plugin (no thumbnail resource) "
+             f"`/rendered?viewport={THUMBNAIL},{THUMBNAIL}`.", "",
              "| request | mini-PACS (ms) | Orthanc (ms) | ratio us/Orthanc |", "|---|---|---|---|"]
     for label in med["pacs"]:
         ours, theirs = med["pacs"][label], med["orthanc"].get(label)

@@ -20,7 +20,10 @@ Grayscale rendering is one lookup table over the stored value range of the frame
 pipeline runs in float64 on at most 65,536 entries, then a single ``take`` maps the pixels,
 so a 512 x 512 CT frame renders to JPEG in about 2 ms (half of it header parse and JPEG
 encoding). Output values are
-``rint`` of the PS3.3 formulas, clipped to 0..255.
+``rint`` of the PS3.3 formulas, clipped to 0..255. An image shrunk to a viewport at least
+twice smaller (thumbnails) maps only the values its blocks average (all of them up to 4 x 4
+blocks, 4 x 4 samples of larger ones), then averages the display values: a box filter of
+the full render at a fraction of its cost for large images (2560 x 2560: 15 -> 2 ms).
 
 :class:`RenderCache` is a thread-safe LRU of rendered bytes; instances never change, so entries
 never go stale.
@@ -62,6 +65,7 @@ WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 THUMBNAIL_FRAME = -1  # the frame key of thumbnails in RenderCache
 _PNG_COMPRESS_LEVEL = 1  # medical images gain little from higher levels, which cost 2-3x time
 _LUT_MAX_ENTRIES = 1 << 16
+_REDUCE_SAMPLES = 4  # values per side of a block averaged into one when shrinking
 _UINT = re.compile(r"\d{1,9}")
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
@@ -320,14 +324,6 @@ def _render_color(arr: Array, ds: Dataset, photometric: str) -> Image8:
     return _to_8bit(arr, bits_stored)
 
 
-def _to_display(source: PixelSource, index: int, window: tuple[float, float, str] | None) -> Image8:
-    arr, photometric = source.decode(index)
-    ds = source.ds
-    if arr.ndim == 3 or photometric == "PALETTE COLOR":
-        return np.ascontiguousarray(_render_color(arr, ds, photometric))
-    return _render_gray(arr, ds, index, window, photometric)
-
-
 # --- geometry and encoding ---------------------------------------------------------------------
 
 def _crop(img: Image8, region: Region) -> Image8:
@@ -355,14 +351,46 @@ def fit_viewport(width: int, height: int, viewport: tuple[int, int]) -> tuple[in
     return (min(vw, max(1, round(width * scale))), min(vh, max(1, round(height * scale))))
 
 
-def _scale(img: Image8, viewport: tuple[int, int]) -> Image8:
+def _scale(img: Image8, size: tuple[int, int]) -> Image8:
+    """``img`` resized to ``size`` (width, height)."""
     height, width = img.shape[:2]
-    size = fit_viewport(width, height, viewport)
     if size == (width, height):
         return img
     resized = Image.fromarray(np.ascontiguousarray(img)).resize(
         size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(resized)
+
+
+def _samples(arr: Array, size: tuple[int, int]) -> Array | None:
+    """For an image shrunk to ``size`` (width, height) by a whole factor k >= 2: the stored
+    values that its k x k blocks average, stacked (n, rows, columns): all of them up to
+    k = 4, else 4 x 4 evenly spread over each block. None when k < 2."""
+    height, width = arr.shape
+    k = min(width // size[0], height // size[1])
+    if k < 2:
+        return None
+    rows, cols = height // k, width // k
+    per_side = min(k, _REDUCE_SAMPLES)
+    offsets = [(i * k) // per_side for i in range(per_side)]
+    return np.stack([arr[oy:oy + rows * k:k, ox:ox + cols * k:k]
+                     for oy in offsets for ox in offsets])
+
+
+def _render_gray_shrunk(arr: Array, ds: Dataset, index: int,
+                        window: tuple[float, float, str] | None, photometric: str,
+                        size: tuple[int, int]) -> Image8:
+    """Grayscale display values at ``size``: the display pipeline maps only the values that
+    the blocks of :func:`_samples` average (then averaged, as a box filter would), so a
+    thumbnail of a 2560 x 2560 image maps 262 thousand values instead of 6.5 million
+    (15 -> ~2 ms); the final resize does the rest. The window applies before averaging, as
+    for the full render (averaging stored values first would darken every air-skin edge of
+    a CT soft-tissue window)."""
+    stack = _samples(arr, size)
+    if stack is None:
+        return _scale(_render_gray(arr, ds, index, window, photometric), size)
+    shown = _render_gray(stack, ds, index, window, photometric)
+    mean = shown.mean(axis=0, dtype=np.float32)
+    return _scale(np.rint(mean).astype(np.uint8), size)
 
 
 def _encode(img: Image8, media_type: str, quality: int) -> bytes:
@@ -377,11 +405,21 @@ def _encode(img: Image8, media_type: str, quality: int) -> bytes:
 
 
 def _render(source: PixelSource, index: int, options: RenderOptions) -> bytes:
-    img = _to_display(source, index, options.window)
+    arr, photometric = source.decode(index)
+    ds = source.ds
+    if arr.ndim == 3 or photometric == "PALETTE COLOR":
+        img = np.ascontiguousarray(_render_color(arr, ds, photometric))
+    elif options.viewport is not None and options.region is None:
+        size = fit_viewport(arr.shape[1], arr.shape[0], options.viewport)
+        img = _render_gray_shrunk(arr, ds, index, options.window, photometric, size)
+        return _encode(img, options.media_type, options.quality)
+    else:
+        img = _render_gray(arr, ds, index, options.window, photometric)
     if options.region is not None:
         img = _crop(img, options.region)
     if options.viewport is not None:
-        img = _scale(img, options.viewport)
+        height, width = img.shape[:2]
+        img = _scale(img, fit_viewport(width, height, options.viewport))
     return _encode(img, options.media_type, options.quality)
 
 

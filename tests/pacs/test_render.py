@@ -368,6 +368,46 @@ def test_thumbnail_is_the_middle_frame_in_a_square() -> None:
         render_thumbnail(raw, RenderOptions(viewport=(10, 10), region=(1.0, 1.0, None, None)))
 
 
+@pytest.mark.parametrize(("modality", "rows", "columns", "exact"), [
+    ("CT", 512, 512, True),  # shrunk by 4: every displayed value averaged
+    ("MR", 300, 500, True),  # by 3, not a multiple of it: the final resize takes the rest
+    ("CR", 1000, 760, False),  # MONOCHROME1, by 7: 4 x 4 values of each 7 x 7 block
+])
+def test_thumbnail_is_the_box_filtered_full_render(modality: str, rows: int, columns: int,
+                                                   exact: bool) -> None:
+    ds = generate_study(np.random.default_rng(7), StudySpec(modality, rows=rows,
+                                                            columns=columns))[0]
+    raw = _part10(ds)
+    thumb = _png(render_thumbnail(raw, RenderOptions(viewport=(128, 128), media_type=PNG)))
+    full = _png(render_frame(raw, 0, RenderOptions(media_type=PNG))).astype(np.float64)
+    width, height = fit_viewport(columns, rows, (128, 128))
+    k = min(columns // width, rows // height)
+    box = full[:rows // k * k, :columns // k * k].reshape(rows // k, k, columns // k, k)
+    means = Image.fromarray(np.rint(box.mean(axis=(1, 3))).astype(np.uint8))
+    reference = np.asarray(means.resize((width, height), Image.Resampling.BILINEAR))
+    assert thumb.shape == reference.shape == (height, width)
+    diff = np.abs(thumb.astype(int) - reference)
+    if exact:  # the window applied to every value, then their mean
+        assert diff.max() <= 1
+    else:  # a sampled box: close to the full one
+        assert diff.mean() < 2 and np.percentile(diff, 99) <= 30
+
+
+def test_samples_of_blocks_for_a_shrunk_image() -> None:
+    from pacs.render import _samples
+
+    blocks = np.array([[-1000, 5], [300, -2]], dtype=np.int16)
+    for k, count in ((2, 4), (4, 16), (10, 16)):  # every value up to 4 a side, then 4 x 4
+        stack = _samples(np.kron(blocks, np.ones((k, k), dtype=np.int16)), (2, 2))
+        assert stack is not None and stack.shape == (count, 2, 2) and stack.dtype == np.int16
+        assert all(np.array_equal(layer, blocks) for layer in stack)
+    ramp = np.arange(36).reshape(6, 6)
+    stack = _samples(ramp, (2, 2))
+    assert stack is not None and stack.mean(axis=0).tolist() == [[7.0, 10.0], [25.0, 28.0]]
+    assert _samples(np.zeros((9, 7)), (2, 2)).shape == (9, 3, 2)  # type: ignore[union-attr]
+    assert _samples(ramp, (4, 3)) is None  # no whole factor of 2 or more
+
+
 def test_quality_changes_the_jpeg() -> None:
     raw = _raw("CT_small.dcm")
     low = render_frame(raw, 0, RenderOptions(quality=10))
