@@ -739,7 +739,7 @@ def generate_bulk(
         series = _series_list(study)[0]
         for_uid = study.uid("frame-of-reference")
         for index in range(instances_per_study):
-            dy, dx = count % 61, (count // 61) % 67
+            dy, dx = count % 61, (count // 61) % 64  # both inside the 64 extra rows/columns
             pixels = (
                 base[index * n_base // instances_per_study] + noise[dy : dy + rows, dx : dx + cols]
             )

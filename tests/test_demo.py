@@ -256,6 +256,16 @@ def test_generate_bulk_counts_and_uids() -> None:
     assert _fingerprint(again) == _fingerprint(datasets)
 
 
+def test_generate_bulk_goes_on_past_4000_instances() -> None:
+    # the noise window moved past the end of its buffer at the 3965th instance (make
+    # bench-memory generates 10,000)
+    count = 0
+    for ds in generate_bulk(seed=3, n_studies=45, instances_per_study=100, rows=16, cols=16):
+        assert len(ds.PixelData) == 16 * 16 * 2
+        count += 1
+    assert count == 4500
+
+
 def test_generate_bulk_default_size_is_lazy() -> None:
     bulk = generate_bulk(seed=1, n_studies=10, instances_per_study=200)
     first = next(bulk)
