@@ -117,7 +117,7 @@ def _uploader(settings: Settings, doorbell: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        run_uploads(store, doorbell, stop)
+        run_uploads(store, doorbell, stop, defer=settings.s3_upload_defer)
     finally:
         store.close()
 

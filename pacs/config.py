@@ -65,6 +65,16 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
     Setting("PACS_S3_UPLOAD_WORKERS", "4", "Parallel background uploads from the spool to S3 "
             "(threads of `pacs serve`'s uploads process, which runs at a lower priority than "
             "ingest)."),
+    Setting("PACS_S3_UPLOAD_DEFER", "0",
+            "Seconds that S3 uploads may wait while objects keep arriving (one within the last "
+            "0.5 s). For an S3 server on the same machine as the archive (docker-compose.yml "
+            "sets 30): a burst from the modalities is then acknowledged without the S3 server "
+            "taking CPU from it (four associations on two cores: ~1.7x faster), and uploaded "
+            "as soon as stores pause; the spool holds the objects meanwhile (fsynced, like the "
+            "folder store, and served from there). Stores that never pause wait this long "
+            "once, then share the machine with the uploads. The price: objects reach S3 later "
+            "(a single association's push reached it ~35 % later). 0: upload at once (an S3 "
+            "service on other machines)."),
     Setting("PACS_REMOTE_AES", "(empty)",
             "Known peers and C-MOVE destinations: `AET@host:port,AET2@host:port`."),
     Setting("PACS_REQUIRE_KNOWN_AES", "false",
@@ -112,6 +122,7 @@ class Settings:
     s3_secure: bool = False
     s3_spool: bool = True
     s3_upload_workers: int = 4
+    s3_upload_defer: float = 0.0
     remote_aes: tuple[RemoteAE, ...] = ()
     require_known_aes: bool = False
     duplicate_policy: str = "reject"
@@ -141,6 +152,8 @@ class Settings:
                 f"PACS_DUPLICATE_POLICY must be 'reject' or 'overwrite', "
                 f"got {self.duplicate_policy!r}"
             )
+        if self.s3_upload_defer < 0:
+            raise ConfigError("PACS_S3_UPLOAD_DEFER must be 0 (upload at once) or more seconds")
         if self.dicom_workers < 0:
             raise ConfigError("PACS_DICOM_WORKERS must be 0 (one per CPU core) or more")
 

@@ -12,7 +12,9 @@ processes then spend no time or interpreter lock on uploads, and the uploading p
 at a lower priority than ingest): the putting processes' stores are made with a
 :class:`Doorbell` and only spool and ring it; one process runs :func:`run_uploads` with an
 ordinary ``SpooledStore``. A ring that is lost (the pipe full, the uploader restarting) costs
-nothing: the uploader rescans the spool every ``RESCAN_SECONDS``.
+nothing: the uploader rescans the spool every ``RESCAN_SECONDS``. That process can hold its
+uploads back while rings keep coming (``defer``, ``PACS_S3_UPLOAD_DEFER``), for an S3 server
+that shares the machine with the archive.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 60.0  # how often the uploading process looks for spooled keys not rung
 REPORT_SECONDS = 60.0  # how often it logs a backlog of pending uploads
+STORING_GAP = 0.5  # seconds without a ring after which stores count as paused
 
 
 class Doorbell:
@@ -81,6 +84,8 @@ class SpooledStore:
         self._pending: set[str] = set()
         self._lock = threading.Condition()
         self._stopping = threading.Event()
+        self._open = threading.Event()  # cleared while uploads wait (hold_uploads)
+        self._open.set()
         self._max_backoff = max_backoff
         self._threads: list[threading.Thread] = []
         self.spool.check()  # creates the spool folder
@@ -111,12 +116,22 @@ class SpooledStore:
         """Queue every object in the spool not queued yet; how many were added."""
         return sum(self.enqueue(key) for key in self.spool.keys())
 
+    def hold_uploads(self, hold: bool) -> None:
+        """Make the upload threads wait before their next upload (``True``) or go on."""
+        if hold:
+            self._open.clear()
+        else:
+            self._open.set()
+
     def _upload_loop(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             key = self._queue.get()
             if key is None:
                 return
+            while not self._open.wait(0.5):
+                if self._stopping.is_set():
+                    return
             try:
                 landed = self._upload(key)
                 backoff = 0.5
@@ -255,6 +270,7 @@ class SpooledStore:
 
     def close(self) -> None:
         self._stopping.set()
+        self._open.set()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -274,16 +290,34 @@ def _same_file(path: Path, opened: os.stat_result) -> bool:
 
 
 def run_uploads(store: SpooledStore, doorbell: Doorbell, stop: threading.Event,
-                rescan_every: float = RESCAN_SECONDS) -> None:
+                rescan_every: float = RESCAN_SECONDS, defer: float = 0.0,
+                storing_gap: float = STORING_GAP) -> None:
     """The uploading process's loop, until ``stop``: queue the keys other processes ring on
     ``store``'s upload threads, rescan the spool now and then (rings dropped, or rung
-    while no uploader ran), log a backlog every ``REPORT_SECONDS``."""
+    while no uploader ran), log a backlog every ``REPORT_SECONDS``.
+
+    With ``defer`` > 0, uploads wait while objects keep arriving (a ring within the last
+    ``storing_gap`` seconds), for at most ``defer`` seconds in a row: a burst of stores is
+    then acknowledged without an S3 server on the same machine taking CPU from it, and
+    uploaded when the burst pauses. Stores that never pause hold uploads back ``defer``
+    seconds once, then share the machine with them."""
     next_scan = time.monotonic() + rescan_every  # the store rescanned when it was made
     next_report = time.monotonic() + REPORT_SECONDS
+    last_ring = held_since = -float("inf")
     while not stop.is_set():
-        for key in doorbell.wait(0.5):
+        keys = doorbell.wait(storing_gap / 4 if held_since > -float("inf") else 0.5)
+        for key in keys:
             store.enqueue(key)
         now = time.monotonic()
+        if keys:
+            last_ring = now
+        if defer > 0 and now - last_ring < storing_gap:  # objects are arriving
+            if held_since == -float("inf"):
+                held_since = now
+            store.hold_uploads(now - held_since < defer)
+        else:
+            held_since = -float("inf")
+            store.hold_uploads(False)
         if now >= next_scan:
             found = store.rescan()
             if found:

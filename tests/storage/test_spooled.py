@@ -4,6 +4,7 @@ uploads in another process than the puts (a doorbell) lose nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,11 +82,11 @@ class Uploader:
     by a doorbell."""
 
     def __init__(self, spool: Path, remote: FolderStore, doorbell: Doorbell,
-                 rescan_every: float = 60.0) -> None:
+                 rescan_every: float = 60.0, defer: float = 0.0) -> None:
         self.store = SpooledStore(FolderStore(spool), remote, workers=2)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=run_uploads, args=(
-            self.store, doorbell, self.stop, rescan_every))
+            self.store, doorbell, self.stop, rescan_every, defer, 0.3))
         self.thread.start()
 
     def close(self) -> None:
@@ -195,3 +196,53 @@ def test_two_uploaders_of_one_spool_take_turns_and_lose_nothing(tmp_path: Path) 
         first.close()
         if second is not None:
             second.close()
+
+
+def _store_steadily(writer: SpooledStore, prefix: str, seconds: float) -> list[str]:
+    """Put an object every 0.05 s for ``seconds`` (a modality's burst); the keys."""
+    keys: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        keys.append(f"{prefix}/{len(keys):04d}.dcm")
+        writer.put(keys[-1], b"x" * 100)
+        time.sleep(0.05)
+    return keys
+
+
+def test_deferred_uploads_wait_for_a_pause_in_the_stores(tmp_path: Path) -> None:
+    remote = FolderStore(tmp_path / "remote")
+    remote.check()
+    doorbell = Doorbell()
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), remote, doorbell=doorbell)
+    uploader = Uploader(tmp_path / "spool", remote, doorbell, defer=30.0)
+    try:
+        keys = _store_steadily(writer, "ab", 1.5)
+        assert not list(remote.keys()), "uploaded while objects kept arriving"
+        assert writer.get(keys[0]) == b"x" * 100  # served from the spool meanwhile
+        assert writer.flush(10), f"{writer.pending()} still in the spool after the pause"
+        assert sorted(remote.keys()) == keys
+    finally:
+        uploader.close()
+        writer.close()
+
+
+def test_deferred_uploads_wait_no_longer_than_the_limit(tmp_path: Path) -> None:
+    remote = FolderStore(tmp_path / "remote")
+    remote.check()
+    doorbell = Doorbell()
+    writer = SpooledStore(FolderStore(tmp_path / "spool"), remote, doorbell=doorbell)
+    uploader = Uploader(tmp_path / "spool", remote, doorbell, defer=0.5)
+    try:
+        keys: list[str] = []
+        storing = threading.Thread(  # stores that never pause
+            target=lambda: keys.extend(_store_steadily(writer, "cd", 3.0)))
+        storing.start()
+        time.sleep(2.0)
+        landed = list(remote.keys())
+        assert storing.is_alive() and landed, "nothing uploaded 1.5 s past the limit"
+        storing.join()
+        assert writer.flush(10)
+        assert sorted(remote.keys()) == keys
+    finally:
+        uploader.close()
+        writer.close()
