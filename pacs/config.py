@@ -69,12 +69,12 @@ SETTINGS_DOCS: tuple[Setting, ...] = (
             "Seconds that S3 uploads may wait while objects keep arriving (one within the last "
             "0.5 s). For an S3 server on the same machine as the archive (docker-compose.yml "
             "sets 30): a burst from the modalities is then acknowledged without the S3 server "
-            "taking CPU from it (four associations on two cores: ~1.7x faster), and uploaded "
-            "as soon as stores pause; the spool holds the objects meanwhile (fsynced, like the "
-            "folder store, and served from there). Stores that never pause wait this long "
-            "once, then share the machine with the uploads. The price: objects reach S3 later "
-            "(a single association's push reached it ~35 % later). 0: upload at once (an S3 "
-            "service on other machines)."),
+            "taking CPU from it (on two cores: 1.3-1.4x faster), and uploaded as soon as "
+            "stores pause; the spool holds the objects meanwhile (fsynced, like the folder "
+            "store, and served from there). Stores that never pause wait this long once, then "
+            "share the machine with the uploads. The price: the last object of a burst reaches "
+            "S3 later (25-40 % in our benchmark). 0: upload at once (an S3 service on other "
+            "machines)."),
     Setting("PACS_REMOTE_AES", "(empty)",
             "Known peers and C-MOVE destinations: `AET@host:port,AET2@host:port`."),
     Setting("PACS_REQUIRE_KNOWN_AES", "false",
