@@ -57,9 +57,20 @@ class HttpService:
         deadline = time.monotonic() + timeout
         while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.01)
-        family, address = self.sock.family, self.sock.getsockname()[0]
+        address = self.sock.getsockname()[0]
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)  # noqa: S104
         statuses: dict[str, int] = {}
+        # their misses are expected: not worth a warning in the operator's log at every start
+        quiet = logging.getLogger("viewer_api.errors")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self._warm_up_requests(host, timeout, statuses)
+        finally:
+            quiet.setLevel(level)
+        return statuses
+
+    def _warm_up_requests(self, host: str, timeout: float, statuses: dict[str, int]) -> None:
         for path in WARM_UP_PATHS:
             conn = http.client.HTTPConnection(host, self.port, timeout=timeout)
             try:
@@ -68,11 +79,10 @@ class HttpService:
                 answer.read()
                 statuses[path] = answer.status
             except OSError as exc:  # only slower first requests: never a reason not to start
-                log.warning("HTTP warm-up request %s failed (family %s): %s", path, family, exc)
+                log.warning("HTTP warm-up request %s to %s failed: %s", path, host, exc)
                 break
             finally:
                 conn.close()
-        return statuses
 
     def stop(self, timeout: float = 15.0) -> None:
         self.server.should_exit = True
