@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import DCMTK_ENV, make_data, push, stop, wait_port  # noqa: E402
+from bench.ingest import DCMTK_ENV, make_data, push, stop, wait_port, wait_ready  # noqa: E402
 from tests.infra import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -57,10 +57,11 @@ def start_pacs(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env.update(PACS_DATA_DIR=str(work / "data"), PACS_DICOM_HOST="127.0.0.1",
                PACS_DICOM_PORT=str(port), PACS_HTTP_PORT=str(http), PACS_LOG_LEVEL="WARNING")
+    log = work / "pacs.log"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "pacs"), "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "pacs.log", "wb"))
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     wait_port(port, proc)
-    wait_port(http, proc)
+    wait_ready(log, proc)
     return proc, port, f"http://127.0.0.1:{http}/dicomweb"
 
 
@@ -117,6 +118,7 @@ def main() -> None:
         # "cold" = first request for a study, a few seconds after it arrived (a radiologist
         # opens it, not a script racing the push): our archive precomputes series metadata
         # in the background once stores pause; Orthanc computes on request
+        os.sync()  # Orthanc does not fsync: its objects would be written back meanwhile
         time.sleep(args.settle)
         results = measure(targets, sample, untouched, untouched_thumbs, args.repeat)
     finally:
@@ -153,22 +155,23 @@ def measure(targets: dict[str, tuple[subprocess.Popen[bytes], str]], sample: lis
             "thumbnail JPEG (warm)": (f"{inst}{thumbnail_path(name)}", JPEG),
         }
 
-    # cold: first touch of every other study's series metadata, and of the untouched renders
-    for name, (_, base) in targets.items():
-        client = clients[name]
-        for ds in sample[1:]:
-            s, se = ds.StudyInstanceUID, ds.SeriesInstanceUID  # type: ignore[attr-defined]
-            out[name].setdefault("series metadata (cold)", []).append(
-                timed(client, f"{base}/studies/{s}/series/{se}/metadata"))
-        for ds in untouched:
-            s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
-            out[name].setdefault("rendered JPEG (cold)", []).append(
-                timed(client, f"{base}/studies/{s}/series/{se}/instances/{i}/rendered", JPEG))
-        for ds in untouched_thumbs:
-            s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
-            out[name].setdefault("thumbnail JPEG (cold)", []).append(
-                timed(client, f"{base}/studies/{s}/series/{se}/instances/{i}"
-                      f"{thumbnail_path(name)}", JPEG, THUMBNAIL))
+    # cold: first touch of every other study's series metadata, and of the untouched renders,
+    # one target then the other for each object (who goes first alternates), so that
+    # neither is measured alone during the other's background work (writeback, precompute)
+    def cold(ds: object, suffix: str) -> str:
+        s, se, i = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID  # type: ignore[attr-defined]
+        return f"/studies/{s}/series/{se}" + (f"/instances/{i}{suffix}" if suffix else "/metadata")
+
+    firsts: list[tuple[str, object, str, dict[str, str] | None, int | None]] = [
+        *(("series metadata (cold)", ds, "", None, None) for ds in sample[1:]),
+        *(("rendered JPEG (cold)", ds, "/rendered", JPEG, None) for ds in untouched),
+        *(("thumbnail JPEG (cold)", ds, "thumbnail", JPEG, THUMBNAIL) for ds in untouched_thumbs)]
+    for j, (label, ds, suffix, headers, fits) in enumerate(firsts):
+        names = list(targets) if j % 2 == 0 else list(targets)[::-1]
+        for name in names:
+            path = thumbnail_path(name) if suffix == "thumbnail" else suffix
+            out[name].setdefault(label, []).append(
+                timed(clients[name], targets[name][1] + cold(ds, path), headers, fits))
     for _ in range(repeat):
         for name, (_, base) in targets.items():  # alternate targets
             for label, (url, headers) in urls(name, base).items():
@@ -184,7 +187,8 @@ def report(results: dict[str, dict[str, list[float]]], n: int, args: argparse.Na
              f"{n} CT instances 512x512 in {args.studies} studies; medians of {args.repeat} "
              f"requests (cold: first request of each other study's series metadata and of "
              f"{COLD_RENDERS} instances' renders and of {COLD_RENDERS} others' thumbnails, "
-             f"{args.settle:.0f} s after the push ended), keep-alive HTTP client; thumbnails: "
+             f"{args.settle:.0f} s after the push ended and a `sync`, the two targets in turn for "
+             f"each object), keep-alive HTTP client; thumbnails: "
              f"ours `/thumbnail`, Orthanc's plugin (no thumbnail resource) "
              f"`/rendered?viewport={THUMBNAIL},{THUMBNAIL}`.", "",
              "| request | mini-PACS (ms) | Orthanc (ms) | ratio us/Orthanc |", "|---|---|---|---|"]

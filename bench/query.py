@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.dicomweb import PLUGIN, STORED, orthanc_version  # noqa: E402
-from bench.ingest import DCMTK_ENV, push, stop, wait_port  # noqa: E402
+from bench.ingest import DCMTK_ENV, push, stop, wait_port, wait_ready  # noqa: E402
 from bench.rawfind import RawFind  # noqa: E402
 from tests.infra import free_port  # noqa: E402
 
@@ -56,6 +56,7 @@ RESULTS = ROOT / "bench" / "results"
 SCU, DEST = "BENCHSCU", "BENCHDEST"
 FIRST_DAY, DAYS = date(2014, 1, 1), 12 * 365  # one year of twelve: ~8 % of the studies
 YEAR = "20240101-20241231"
+ECHO_LABEL = "C-ECHO echoscu (tool start and association)"
 WADO_PER_ROUND = 5  # WADO-RS requests per target and retrieve round
 # Vietnamese family names with their usual weights; "An" starts with A: about 9 % of the
 # patients, so PatientName=A* returns a realistic worklist page. (No "Âu": Orthanc does not
@@ -192,10 +193,12 @@ def start_pacs(work: Path, dest_port: int) -> Target:
     env.update(PACS_DATA_DIR=str(work), PACS_DICOM_HOST="127.0.0.1", PACS_DICOM_PORT=str(port),
                PACS_HTTP_PORT=str(http), PACS_LOG_LEVEL="WARNING",
                PACS_REMOTE_AES=f"{DEST}@127.0.0.1:{dest_port}")
+    log = work / "pacs.log"
+    offset = log.stat().st_size if log.exists() else 0  # appended to: this start's lines
     proc = subprocess.Popen([str(Path(sys.executable).parent / "pacs"), "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / "pacs.log", "ab"))
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
     wait_port(port, proc, 600)
-    wait_port(http, proc, 600)
+    wait_ready(log, proc, offset, 600)
     return Target("pacs", "MINIPACS", proc, port, f"http://127.0.0.1:{http}/dicomweb")
 
 
@@ -256,11 +259,19 @@ def run_tool(args: list[str]) -> tuple[float, str]:
     return elapsed, proc.stdout + proc.stderr
 
 
-def findscu(t: Target, filters: dict[str, str], verbose: bool = False) -> list[str]:
+def findscu(t: Target, filters: dict[str, str], verbose: bool = False,
+            quiet: bool = False) -> list[str]:
+    """``findscu`` with the bench's keys; ``quiet`` (``-q``): it still receives and decodes
+    every response but does not print them (by default it logs each one, ~50 lines)."""
     args = ["/usr/bin/findscu", "-S", "-aet", SCU, "-aec", t.aet, "-k", "QueryRetrieveLevel=STUDY"]
     for k in FIND_KEYS:
         args += ["-k", f"{k}={filters[k]}" if k in filters else k]
-    return args + (["-v"] if verbose else []) + ["127.0.0.1", str(t.port)]
+    flags = ["-v"] if verbose else ["-q"] if quiet else []
+    return args + flags + ["127.0.0.1", str(t.port)]
+
+
+def echoscu(t: Target) -> list[str]:
+    return ["/usr/bin/echoscu", "-aet", SCU, "-aec", t.aet, "127.0.0.1", str(t.port)]
 
 
 def get_json(client: httpx.Client, url: str) -> tuple[float, int]:
@@ -299,6 +310,18 @@ def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
     def wire_find(t: Target, filters: dict[str, str]) -> tuple[float, int]:
         return raw[t.name].find({k: filters.get(k, "") for k in FIND_KEYS})
 
+    # the floor of every findscu figure: a DCMTK tool's start (it loads its data dictionary)
+    # and one association, with a C-ECHO in place of the query
+    echo = ECHO_LABEL
+    for t in targets:
+        run_tool(echoscu(t))
+        counts[t.name][echo] = 0
+    for i in range(repeat):
+        for t in targets if i % 2 == 0 else targets[::-1]:
+            out[t.name].setdefault(echo, []).append(run_tool(echoscu(t))[0])
+    print(f"  {echo}: " + ", ".join(f"{t.name} {statistics.median(out[t.name][echo]):.0f} ms"
+                                    for t in targets), flush=True)
+
     for label, make, cfind, limit in query_cases(n, seed, everything):
         broad = label == "all studies" or (n > 20_000 and not label.startswith(("PatientID",
                                                                                  "first")))
@@ -315,6 +338,7 @@ def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
                 _, text = run_tool(findscu(t, make(0), verbose=True))
                 counts[t.name][f"C-FIND {label}"] = len(
                     re.findall(r"Find Response: \d+ \(Pending\)", text))
+                counts[t.name][f"C-FIND quiet {label}"] = counts[t.name][f"C-FIND {label}"]
                 counts[t.name][f"C-FIND at the wire {label}"] = wire_find(t, make(0))[1]
             counts[t.name][f"QIDO {label}"] = qido(t, 0)[1]
         for i in range(reps):
@@ -322,6 +346,8 @@ def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
                 if cfind:
                     out[t.name].setdefault(f"C-FIND {label}", []).append(
                         run_tool(findscu(t, make(i)))[0])
+                    out[t.name].setdefault(f"C-FIND quiet {label}", []).append(
+                        run_tool(findscu(t, make(i), quiet=True))[0])
                     out[t.name].setdefault(f"C-FIND at the wire {label}", []).append(
                         wire_find(t, make(i))[0])
                 out[t.name].setdefault(f"QIDO {label}", []).append(qido(t, i)[0])
@@ -420,7 +446,8 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
 
     def extra(label: str) -> list[str]:
-        cells = [f"{counts['pacs'][label]} / {counts['orthanc'][label]}"]
+        cells = [f"{counts['pacs'][label]} / {counts['orthanc'][label]}"
+                 if label != ECHO_LABEL else "-"]
         if base is not None and base_matches is not None:
             if label not in base:
                 return [*cells, "-", "-"]
@@ -438,8 +465,11 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
                    f"with A, dates over 12 years, {YEAR} ~8 %); medians of {repeat} requests "
                    f"per target{broad}, alternating targets. C-FIND: wall time of `findscu` (a new "
                    "process and association each time, ~10-20 ms of the figure, and the parsing "
-                   "of every response) with keys "
-                   f"{', '.join(FIND_KEYS)}; C-FIND at the wire: the same query on one open "
+                   "of every response, which it logs: ~50 lines each) with keys "
+                   f"{', '.join(FIND_KEYS)}; C-FIND quiet: the same with `findscu -q` (it still "
+                   "receives and decodes every response, without printing them); "
+                   f"{ECHO_LABEL}: `echoscu`, the floor of every findscu figure (a DCMTK tool's "
+                   "start and one association); C-FIND at the wire: the same query on one open "
                    "association, first byte of the request to last byte of the final response "
                    "(bench/rawfind.py: the server's time without findscu's); QIDO-RS: "
                    f"`/studies?...&limit={n}` (every match; our default cap is 10,000) or "

@@ -364,7 +364,8 @@ def _scale(img: Image8, size: tuple[int, int]) -> Image8:
 def _samples(arr: Array, size: tuple[int, int]) -> Array | None:
     """For an image shrunk to ``size`` (width, height) by a whole factor k >= 2: the stored
     values that its k x k blocks average, stacked (n, rows, columns): all of them up to
-    k = 4, else 4 x 4 evenly spread over each block. None when k < 2."""
+    k = 4, else 4 x 4 evenly spread over each block. None when k < 2. (Up to k = 4
+    :func:`_render_gray_shrunk` maps the image itself and lets Pillow average the blocks.)"""
     height, width = arr.shape
     k = min(width // size[0], height // size[1])
     if k < 2:
@@ -382,15 +383,26 @@ def _render_gray_shrunk(arr: Array, ds: Dataset, index: int,
     """Grayscale display values at ``size``: the display pipeline maps only the values that
     the blocks of :func:`_samples` average (then averaged, as a box filter would), so a
     thumbnail of a 2560 x 2560 image maps 262 thousand values instead of 6.5 million
-    (15 -> ~2 ms); the final resize does the rest. The window applies before averaging, as
-    for the full render (averaging stored values first would darken every air-skin edge of
-    a CT soft-tissue window)."""
+    (15 -> ~2 ms); the final resize does the rest. Up to 4 x 4 blocks every value counts:
+    the whole image is mapped and ``Image.reduce`` averages the blocks (a 512 x 512 CT
+    thumbnail 0.99 -> 0.90 ms, against stacking the blocks' values first). The window
+    applies before averaging, as for the full render (averaging stored values first would
+    darken every air-skin edge of a CT soft-tissue window)."""
+    height, width = arr.shape
+    k = min(width // size[0], height // size[1])
+    if 2 <= k <= _REDUCE_SAMPLES:  # every value counts: map them all, then Pillow's box reduce
+        rows, cols = height // k, width // k
+        shown = _render_gray(arr[:rows * k, :cols * k], ds, index, window, photometric)
+        return _scale(np.asarray(Image.fromarray(shown).reduce(k)), size)
     stack = _samples(arr, size)
     if stack is None:
         return _scale(_render_gray(arr, ds, index, window, photometric), size)
-    shown = _render_gray(stack, ds, index, window, photometric)
-    mean = shown.mean(axis=0, dtype=np.float32)
-    return _scale(np.rint(mean).astype(np.uint8), size)
+    total = np.zeros(stack.shape[1:], dtype=np.uint16)  # at most 16 x 255
+    for block in _render_gray(stack, ds, index, window, photometric):
+        total += block
+    total += len(stack) // 2  # the mean, rounded
+    total //= len(stack)
+    return _scale(total.astype(np.uint8), size)
 
 
 def _encode(img: Image8, media_type: str, quality: int) -> bytes:
