@@ -17,11 +17,18 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import (
+    C_ECHO_RSP,
+    C_FIND_RSP,
+    C_GET_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
-from dicom_scp import handlers, wire
+from dicom_scp import handlers, receive, wire
 from dicom_scp.identifier import (
     EXPLICIT_BIG,
     EXPLICIT_LITTLE,
@@ -99,6 +106,42 @@ def test_store_request_command_set_equals_pynetdicom(originator: str | None) -> 
                             MoveOriginatorApplicationEntityTitle=originator,
                             MoveOriginatorMessageID=3 if originator else None)
     assert ours == pydicom_bytes(expected, IMPLICIT_LITTLE)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC000])
+def test_store_and_echo_responses_equal_pynetdicom(status: int) -> None:
+    """The responses sent without pynetdicom's encoder (``receive.response_command``)."""
+    store = C_STORE()
+    store.MessageIDBeingRespondedTo = 9
+    store.AffectedSOPClassUID = CT_STORAGE
+    store.AffectedSOPInstanceUID = "1.2.3.4.5"
+    store.Status = status
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 65535
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.Status = status
+    for primitive, message in ((store, C_STORE_RSP()), (echo, C_ECHO_RSP())):
+        expected = pynetdicom_message(message, primitive).command_set
+        assert receive.response_command(primitive) == pydicom_bytes(expected, IMPLICIT_LITTLE)
+
+
+def test_responses_with_a_comment_and_requests_go_through_pynetdicom() -> None:
+    echo = C_ECHO()
+    echo.MessageIDBeingRespondedTo = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.Status = 0x0110
+    echo.ErrorComment = "failed"
+    request = C_ECHO()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    store = C_STORE()
+    store.MessageIDBeingRespondedTo = 1
+    store.AffectedSOPClassUID = CT_STORAGE
+    store.AffectedSOPInstanceUID = "1.2.3"
+    store.Status = 0xA900
+    store.OffendingElement = [0x00080018]
+    for primitive in (echo, request, store, C_FIND()):
+        assert receive.response_command(primitive) is None
 
 
 def test_retrieve_response_command_set_with_sub_operation_counts() -> None:
