@@ -274,8 +274,8 @@ class InboundReader:
             LOGGER.exception(exc)
             dul.event_queue.put("Evt19")
             return
+        dul._recv_pdu.put(decoded)  # before its event, as in subops.ResponseReader
         dul.event_queue.put(event)
-        dul._recv_pdu.put(decoded)
 
     def _reset(self) -> None:
         if self._dataset is not None:

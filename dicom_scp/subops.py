@@ -253,7 +253,10 @@ class ResponseReader:
         return None if body is None else header + body
 
     def _hand_to_dul(self, pdus: list[bytes]) -> None:
-        """Give PDUs read here to the DUL as its own ``_read_pdu_data`` would."""
+        """Give PDUs read here to the DUL as its own ``_read_pdu_data`` would, but the PDU
+        before its event: this runs outside the DUL's thread, which may act on the event at
+        once (pynetdicom's order, event first, lost a C-CANCEL-RQ now and then: the DUL
+        found no PDU for it and aborted the association)."""
         dul = self._assoc.dul
         for pdu in pdus:
             try:
@@ -261,8 +264,8 @@ class ResponseReader:
             except Exception:  # noqa: BLE001 - as pynetdicom: an invalid PDU, Evt19
                 dul.event_queue.put("Evt19")
                 return
-            dul.event_queue.put(event)
             dul._recv_pdu.put(decoded)
+            dul.event_queue.put(event)
 
 
 def _pdvs(pdu: bytes) -> Iterator[tuple[int, bytes]]:

@@ -135,3 +135,42 @@ def test_data_set_after_the_file_meta_whatever_the_chunk_size(chunk_size: int) -
     raw = testdata("CT_small.dcm").read_bytes()
     chunks = iter([raw[i:i + chunk_size] for i in range(0, len(raw), chunk_size)])
     assert b"".join(sender._data_set(chunks)) == raw[dataset_offset(raw):]
+
+
+class _DulActingAtOnce:
+    """A DUL whose thread acts on an event the moment it is queued (the worst timing for a
+    PDU handed over from another thread): each event must find its PDU already there."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._recv_pdu: queue.Queue[object] = queue.Queue()
+        self.acted: list[tuple[str, object]] = []
+        dul = self
+
+        class Events:
+            def put(self, event: str) -> None:
+                dul.acted.append((event, dul._recv_pdu.get(False)))  # Empty: the old race
+
+        self.event_queue = Events()
+
+    def _decode_pdu(self, data: bytearray) -> tuple[bytes, str]:
+        return bytes(data), "Evt10"
+
+
+def test_pdus_read_by_the_sub_operations_reach_the_dul_before_their_events() -> None:
+    """A C-CANCEL-RQ read while C-STORE responses are awaited is handed to pynetdicom from
+    the sending thread; with the event queued first the DUL thread sometimes found no PDU
+    and aborted the association (a C-GET cancel answered with nothing)."""
+    dul = _DulActingAtOnce()
+
+    class Assoc:
+        pass
+
+    assoc = Assoc()
+    assoc.dul = dul  # type: ignore[attr-defined]
+    reader = object.__new__(subops.ResponseReader)
+    reader._assoc = assoc  # type: ignore[assignment]
+    pdus = [b"\x04\x00\x00\x00\x00\x02\xaa\xbb", b"\x04\x00\x00\x00\x00\x02\xcc\xdd"]
+    reader._hand_to_dul(pdus)
+    assert dul.acted == [("Evt10", pdus[0]), ("Evt10", pdus[1])]
