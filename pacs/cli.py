@@ -288,8 +288,9 @@ def _import_datasets(services, items: Iterator[tuple[str, bytes | Exception]], l
                     counts["rejected"] += 1
                     rejected.append((name, f"{type(exc).__name__}: {exc}"))
             progress.advance(task)
+    repaired = f", repaired {counts['repaired']}" if counts["repaired"] else ""
     console.print(f"{label}: stored {counts['stored']}, already stored {counts['already stored']}"
-                  f", replaced {counts['replaced']}, rejected {counts['rejected']}")
+                  f", replaced {counts['replaced']}{repaired}, rejected {counts['rejected']}")
     for name, reason in rejected[:50]:
         console.print(f"  [yellow]rejected[/yellow] {name}: {reason}")
     if len(rejected) > 50:
@@ -305,7 +306,8 @@ def import_(paths: Annotated[list[Path], typer.Argument(help="Files or folders (
     files = _files(paths)
     counts = _import_datasets(services, _read_files(files), "import", total=len(files))
     services.close()
-    if counts["rejected"] and not (counts["stored"] or counts["already stored"]):
+    if counts["rejected"] and not (counts["stored"] or counts["already stored"]
+                                   or counts["repaired"] or counts["replaced"]):
         raise typer.Exit(1)
 
 

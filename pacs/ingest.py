@@ -14,8 +14,9 @@ fsync that makes it durable then finds the data written.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
-a duplicate by the index insert, and removed; one above 16 MiB is looked up first); with
-different bytes it is refused
+a duplicate by the index insert, and removed; one above 16 MiB is looked up first), once
+the stored copy is found whole (its SHA-256 recomputed): a lost or damaged one is replaced
+by the resend (``REPAIRED``). With different bytes it is refused
 (:class:`DuplicateConflict`) under the default policy ``reject``, or replaces the stored
 object under ``overwrite``.
 """
@@ -54,6 +55,7 @@ class StoreStatus(enum.Enum):
     STORED = "stored"
     ALREADY_STORED = "already stored"
     REPLACED = "replaced"
+    REPAIRED = "repaired"  # a resend restored an object lost or damaged in storage
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,8 @@ class IngestService:
         except BaseException:
             self._discard(key)
             raise
-        if raced is not None:  # another process stored it between our lookup and insert
-            self._discard(key)
-            return self._duplicate(caller, header, source, digest, raced)
+        if raced is not None:  # indexed already (a resend, or a concurrent store)
+            return self._duplicate(caller, header, source, digest, raced, written=key)
         return self._done(caller, header, StoreStatus.STORED)
 
     def _check_expected(self, h: InstanceHeader, sop_instance: str | None,
@@ -231,26 +232,76 @@ class IngestService:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
 
     def _duplicate(self, caller: Caller, header: InstanceHeader, source: Source, digest: str,
-                   existing: writer.StoredRow) -> StoreOutcome:
-        if existing.sha256 == digest or self._same_dataset(existing, source):
-            return self._done(caller, header, StoreStatus.ALREADY_STORED)
-        if self.duplicate_policy != "overwrite":
-            log.warning("refused %s from %s: SOP Instance UID already stored with other content",
-                        header.sop_instance_uid, caller)
-            raise DuplicateConflict(
-                f"SOP Instance UID {header.sop_instance_uid} is already stored with different "
-                "content (duplicate policy: reject)")
-        key = new_storage_key()
-        self._put(key, source)
+                   existing: writer.StoredRow, written: str | None = None) -> StoreOutcome:
+        """A store of an indexed SOP Instance UID (ADR 0002). ``written``: the key this store
+        already wrote the object under (a small object is written before its insert finds
+        the UID), reused when it is kept and removed otherwise."""
+        try:
+            if existing.sha256 == digest:
+                if self._stored_intact(existing):
+                    return self._done(caller, header, StoreStatus.ALREADY_STORED)
+                log.error("stored object of %s (key %s) is missing or damaged: replaced by the "
+                          "copy resent by %s", header.sop_instance_uid, existing.storage_key, caller)
+                outcome = self._replace(caller, header, source, digest, existing, written,
+                                        StoreStatus.REPAIRED)
+                written = None
+                return outcome
+            if self._same_dataset(existing, source):
+                return self._done(caller, header, StoreStatus.ALREADY_STORED)
+            if self.duplicate_policy != "overwrite":
+                log.warning("refused %s from %s: SOP Instance UID already stored with other "
+                            "content", header.sop_instance_uid, caller)
+                raise DuplicateConflict(
+                    f"SOP Instance UID {header.sop_instance_uid} is already stored with different "
+                    "content (duplicate policy: reject)")
+            outcome = self._replace(caller, header, source, digest, existing, written,
+                                    StoreStatus.REPLACED)
+            written = None
+            return outcome
+        finally:
+            if written is not None:
+                self._discard(written)
+
+    def _stored_intact(self, row: writer.StoredRow) -> bool:
+        """Whether the stored object of ``row`` is there and whole (its SHA-256 recomputed:
+        one read, on a resend only, no dearer than receiving the resend), so that a resend
+        repairs an object lost or damaged since (`pacs verify` reports those) instead of
+        being answered "already stored"."""
+        try:
+            digest = hashlib.sha256()
+            for chunk in self.store.iter_chunks(row.storage_key):
+                digest.update(chunk)
+            return digest.hexdigest() == row.sha256
+        except storage.ObjectNotFound:
+            return False
+        except storage.StorageError as exc:  # cannot tell: the sender retries later
+            raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+
+    def _replace(self, caller: Caller, header: InstanceHeader, source: Source, digest: str,
+                 existing: writer.StoredRow, written: str | None,
+                 status: StoreStatus) -> StoreOutcome:
+        """Point ``existing``'s row at the received object (written now unless ``written``
+        holds it already), then remove the object it pointed at. A concurrent store that
+        changed the row first wins: this copy is removed and the store answered as a resend."""
+        key = written
+        if key is None:
+            key = new_storage_key()
+            self._put(key, source)
         obj = writer.NewObject(key, source.length, digest,
                                caller.name if caller.kind == "dicom" else "")
         try:
-            writer.replace_instance(write_engine(self.engine), header, obj, existing)
+            changed = writer.replace_instance(write_engine(self.engine), header, obj, existing)
         except SQLAlchemyError as exc:
-            self._discard(key)
+            self._discard_unless_indexed(key, header.sop_instance_uid)
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
+        except BaseException:
+            self._discard(key)
+            raise
+        if not changed:
+            self._discard(key)
+            return self._done(caller, header, StoreStatus.ALREADY_STORED)
         self._discard(existing.storage_key)
-        return self._done(caller, header, StoreStatus.REPLACED)
+        return self._done(caller, header, status)
 
     def _same_dataset(self, existing: writer.StoredRow, source: Source) -> bool:
         """Same data set, different File Meta (e.g. another Source AE Title): a resend.

@@ -387,12 +387,16 @@ def _insert_instance_row(conn: Connection, h: InstanceHeader, obj: NewObject) ->
     return None if row is None else int(row[0])
 
 
-def replace_instance(engine: Engine, h: InstanceHeader, obj: NewObject, old: StoredRow) -> None:
-    """Point an existing instance row at new bytes (duplicate policy ``overwrite``)."""
+def replace_instance(engine: Engine, h: InstanceHeader, obj: NewObject, old: StoredRow) -> bool:
+    """Point an existing instance row at new bytes (duplicate policy ``overwrite``, or a
+    resend repairing a lost object). Only if the row still points at ``old``'s object: False
+    (nothing changed) when a concurrent store replaced or repaired it first."""
     with engine.begin() as conn:
         values = _instance_values(h, obj)
         values.pop("sop_instance_uid")
-        conn.execute(update(Instance).where(Instance.id == old.id).values(**values))
+        changed = conn.execute(update(Instance).where(
+            Instance.id == old.id, Instance.storage_key == old.storage_key).values(**values))
+        return changed.rowcount == 1
 
 
 def delete_instance_row(engine: Engine, row_id: int) -> None:

@@ -247,6 +247,27 @@ def test_import_reports_stored_duplicates_and_rejects(tmp_path: Path) -> None:
     assert "truncated" in result.stderr
 
 
+def test_import_again_repairs_an_object_lost_from_storage(tmp_path: Path) -> None:
+    """`pacs verify` reports an object deleted behind the archive's back; importing the
+    same file again restores it (counted "repaired") and `pacs verify` is clean again."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(testdata("CT_small.dcm").read_bytes())
+    env = _env(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PACS, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    assert run("import", str(folder)).returncode == 0
+    [stored] = [p for p in (tmp_path / "data" / "objects").rglob("*.dcm")]
+    stored.unlink()
+    assert run("verify").returncode != 0
+    result = run("import", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "stored 0, already stored 0, replaced 0, repaired 1, rejected 0" in result.stderr
+    assert run("verify").returncode == 0
+
+
 def test_demo_loads_vietnamese_studies(tmp_path: Path) -> None:
     result = subprocess.run([PACS, "demo", "--studies", "3"], env=_env(tmp_path),
                             capture_output=True, text=True, timeout=120)

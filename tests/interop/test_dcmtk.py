@@ -217,6 +217,21 @@ def test_resend_is_idempotent_and_a_conflicting_copy_is_refused(
     assert peer.echo().returncode == 0
 
 
+def test_resend_restores_an_object_lost_from_storage(
+        peer: Peer, corpus: Corpus, archive: RunningArchive) -> None:
+    """An object removed from storage behind the archive's back (`pacs verify` reports it
+    missing) is stored again when the modality resends it, not answered "already stored"."""
+    first = corpus["bich_cr_1_1"]
+    assert peer.store([first]) == [0]
+    [lost] = stored(archive, first.sop_instance_uid)
+    archive.svc.store.delete(lost.storage_key)
+    assert peer.store([first]) == [0]
+    [restored] = stored(archive, first.sop_instance_uid)
+    assert restored.storage_key != lost.storage_key
+    assert object_count(archive) == 1
+    assert dcmtk.dataset_bytes(stored_bytes(archive, first.sop_instance_uid)) == first.sent
+
+
 def test_same_file_from_another_ae_title_is_idempotent(peer: Peer, corpus: Corpus,
                                                        archive: RunningArchive) -> None:
     first = corpus["bich_cr_1_1"]

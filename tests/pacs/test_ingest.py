@@ -248,6 +248,94 @@ def test_same_dataset_from_another_source_ae_is_already_stored(services: Service
     assert services.ingest.store_instance(CLI, second).status is StoreStatus.ALREADY_STORED
 
 
+# -- a resend repairs an object lost or damaged in storage since (ADR 0002) --------------------
+
+def _stored_key(services: Services, sop_instance_uid: str) -> str:
+    return services.retrieve.instance(CLI, sop_instance_uid).storage_key
+
+
+def _lose(services: Services, key: str, how: str) -> None:
+    """What an operator, a partial restore or a failing disk can do to a stored object."""
+    if how == "deleted":
+        services.store.delete(key)
+    elif how == "damaged":  # same size, other bytes
+        data = bytearray(services.store.get(key))
+        data[-100:] = bytes(100)
+        services.store.put(key, bytes(data))
+    else:  # truncated
+        services.store.put(key, services.store.get(key)[:-100])
+
+
+@pytest.mark.parametrize("how", ["deleted", "damaged", "truncated"])
+@pytest.mark.parametrize("path", ["in memory", "staged", "looked up first"])
+def test_resend_repairs_a_lost_or_damaged_object(services: Services, how: str, path: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes resent after the stored copy went missing or changed are stored again
+    (the row pointed at the new copy, the damaged one removed): answered ``REPAIRED``, not
+    "already stored", and `pacs verify` finds the archive whole again."""
+    from pacs import ingest
+    from pacs.verify import verify
+
+    if path == "looked up first":  # the path of objects above 16 MiB, with a small object
+        monkeypatch.setattr(ingest, "LOOKUP_FIRST", 1000)
+    raw = testdata("CT_small.dcm").read_bytes()
+    uid = pydicom.dcmread(BytesIO(raw), stop_before_pixels=True).SOPInstanceUID
+
+    def store() -> StoreStatus:
+        staging = _staged(services, raw) if path == "staged" else None
+        return services.ingest.store_instance(CLI, raw, staging=staging).status
+
+    assert store() is StoreStatus.STORED
+    lost = _stored_key(services, uid)
+    _lose(services, lost, how)
+    assert not verify(services.engine, services.store).healthy
+
+    assert store() is StoreStatus.REPAIRED
+    repaired = _stored_key(services, uid)
+    assert repaired != lost
+    assert services.retrieve.read(services.retrieve.instance(CLI, uid)) == raw
+    assert _objects(services) == [repaired]  # the damaged copy removed, nothing else kept
+    assert _count(services, Instance) == 1
+    with services.engine.connect() as conn:
+        assert conn.execute(select(Series.num_instances)).scalar_one() == 1
+    after = verify(services.engine, services.store)
+    assert after.healthy and after.orphans == []
+    assert store() is StoreStatus.ALREADY_STORED  # whole again: a resend keeps nothing
+    assert _objects(services) == [repaired]
+    assert staged_leftovers(services.store) == []
+
+
+def test_other_content_for_a_lost_object_is_still_refused(services: Services) -> None:
+    """Different bytes under the UID of a lost object cannot be compared with it: the
+    duplicate policy decides (reject by default), nothing is kept."""
+    ds = pydicom.dcmread(testdata("CT_small.dcm"))
+    services.ingest.store_instance(CLI, _bytes(ds))
+    services.store.delete(_stored_key(services, ds.SOPInstanceUID))
+    ds.StudyDescription = "changed"
+    with pytest.raises(DuplicateConflict):
+        services.ingest.store_instance(CLI, _bytes(ds))
+    assert _objects(services) == [] and _count(services, Instance) == 1
+
+
+def test_a_row_changed_meanwhile_is_not_replaced(services: Services) -> None:
+    """Two resends repairing (or overwriting) one row at once: the first wins, the second
+    changes nothing (its copy is removed by the caller), so no object is left unreferenced."""
+    from pacs.dicom.header import parse_header
+    from pacs.index import writer
+
+    raw = testdata("CT_small.dcm").read_bytes()
+    uid = services.ingest.store_instance(CLI, raw).sop_instance_uid
+    with services.engine.connect() as conn:
+        old = writer.find_instance(conn, uid)
+    assert old is not None
+    header, _ = parse_header(raw)
+    first = writer.NewObject("20260101/a/first.dcm", len(raw), old.sha256, "")
+    second = writer.NewObject("20260101/b/second.dcm", len(raw), old.sha256, "")
+    assert writer.replace_instance(services.engine, header, first, old) is True
+    assert writer.replace_instance(services.engine, header, second, old) is False
+    assert _stored_key(services, uid) == "20260101/a/first.dcm"
+
+
 def test_instances_of_a_known_series_take_the_cursor_path(
         services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """After the first instance of a series (full path: hierarchy created), the next ones are
