@@ -246,12 +246,15 @@ def _retrieve_keys(identifier: Dataset) -> dict[str, str]:
     return keys
 
 
-def _instances(event: Event, services: Services) -> list[sender.StoredDataset]:
+def _instances(event: Event, services: Services
+               ) -> tuple[list[sender.StoredDataset], sender.ReadAhead]:
+    """The stored objects a C-MOVE/C-GET asks for, opened ahead of their sending."""
     identifier = event.identifier
     model = event.request.AffectedSOPClassUID
     level = _level(identifier, model, model in _PATIENT_ROOT)
     found = services.retrieve.find_instances(caller_of(event), level, _retrieve_keys(identifier))
-    return [sender.StoredDataset(inst, services.retrieve.stream) for inst in found]
+    loader = sender.ReadAhead(services.retrieve.stream, found)
+    return [sender.StoredDataset(inst, loader) for inst in found], loader
 
 
 def handle_move(event: Event, services: Services) -> Iterator[Any]:
@@ -261,7 +264,7 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
     try:
         if destination is None:
             raise UnknownDestination(f"unknown move destination {event.move_destination!r}")
-        datasets = _instances(event, services)
+        datasets, loader = _instances(event, services)
     except PacsError as exc:
         status = status_for(RETRIEVE_STATUS, exc)
         log.warning("C-MOVE by %s to %s refused: 0x%04X %s", caller,
@@ -280,11 +283,20 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
                                                "max_pdu": services.settings.max_pdu}
     yield len(datasets)
     log.info("C-MOVE by %s: %d instance(s) to %s", caller, len(datasets), destination)
-    for ds in datasets:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, ds
+    yield from _sub_operations(event, datasets, loader)
+
+
+def _sub_operations(event: Event, datasets: list[sender.StoredDataset],
+                    loader: sender.ReadAhead) -> Iterator[Any]:
+    """One pending status and object per C-STORE sub-operation, until done or cancelled."""
+    try:
+        for ds in datasets:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, ds
+    finally:
+        loader.close()
 
 
 def _install_sender(event: Event) -> None:
@@ -295,7 +307,7 @@ def handle_get(event: Event, services: Services) -> Iterator[Any]:
     """C-GET: the objects go back on the same association (PS3.4 C.4.3)."""
     caller = caller_of(event)
     try:
-        datasets = _instances(event, services)
+        datasets, loader = _instances(event, services)
     except PacsError as exc:
         status = status_for(RETRIEVE_STATUS, exc)
         log.warning("C-GET by %s refused: 0x%04X %s", caller, status, exc)
@@ -305,8 +317,4 @@ def handle_get(event: Event, services: Services) -> Iterator[Any]:
     sender.install(event.assoc)
     yield len(datasets)
     log.info("C-GET by %s: %d instance(s)", caller, len(datasets))
-    for ds in datasets:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, ds
+    yield from _sub_operations(event, datasets, loader)

@@ -4,7 +4,9 @@ responses (PS3.4 C.4.2.3.1, C.4.3.3.1), on real associations with pynetdicom pee
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -261,6 +263,22 @@ def test_cancel_stops_the_sub_operations(study_archive: Callable[..., Any],
     assert 1 <= completed < 300
     assert final.NumberOfRemainingSuboperations == 300 - completed
     assert arrived == completed
+    # no stored object left open (they are opened ahead of their sending: sender.ReadAhead)
+    deadline = time.monotonic() + 5
+    while _open_objects(archive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _open_objects(archive) == []
+
+
+def _open_objects(archive: RunningArchive) -> list[str]:
+    """Stored objects this process holds open."""
+    root, paths = str(archive.settings.data_dir), []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return [p for p in paths if p.startswith(root) and p.endswith(".dcm")]
 
 
 def test_a_second_retrieve_on_the_same_association(study_archive: Callable[..., Any]) -> None:
