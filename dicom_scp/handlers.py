@@ -41,6 +41,7 @@ from pacs.dicom.header import file_meta_bytes
 from pacs.errors import InvalidInput, PacsError, UnknownDestination
 from pacs.index.attributes import ATTRIBUTES, Level
 from pacs.query import QueryRequest
+from pacs.retrieve import ReadAhead
 from pacs.services import Services
 
 log = logging.getLogger(__name__)
@@ -247,13 +248,13 @@ def _retrieve_keys(identifier: Dataset) -> dict[str, str]:
 
 
 def _instances(event: Event, services: Services
-               ) -> tuple[list[sender.StoredDataset], sender.ReadAhead]:
+               ) -> tuple[list[sender.StoredDataset], ReadAhead[Iterator[bytes]]]:
     """The stored objects a C-MOVE/C-GET asks for, opened ahead of their sending."""
     identifier = event.identifier
     model = event.request.AffectedSOPClassUID
     level = _level(identifier, model, model in _PATIENT_ROOT)
     found = services.retrieve.find_instances(caller_of(event), level, _retrieve_keys(identifier))
-    loader = sender.ReadAhead(services.retrieve.stream, found)
+    loader = ReadAhead(services.retrieve.stream, found)
     return [sender.StoredDataset(inst, loader) for inst in found], loader
 
 
@@ -287,7 +288,7 @@ def handle_move(event: Event, services: Services) -> Iterator[Any]:
 
 
 def _sub_operations(event: Event, datasets: list[sender.StoredDataset],
-                    loader: sender.ReadAhead) -> Iterator[Any]:
+                    loader: ReadAhead[Iterator[bytes]]) -> Iterator[Any]:
     """One pending status and object per C-STORE sub-operation, until done or cancelled."""
     try:
         for ds in datasets:

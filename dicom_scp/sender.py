@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from io import BytesIO
 from typing import Any, cast
 
@@ -48,7 +47,6 @@ _SOP_CLASS_UID = Tag(0x0008, 0x0016)
 _SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
 MAX_QUEUED_BYTES = 4 << 20  # P-DATA queued for pynetdicom's DUL (TLS only), per association
-READ_AHEAD = 4  # objects of a C-MOVE/C-GET opened ahead of their sending (first chunk read)
 
 
 class StoredDataset(Dataset):
@@ -81,61 +79,6 @@ class StoredDataset(Dataset):
         loader = cast(Callable[[StoredInstance], Iterator[bytes]],
                       object.__getattribute__(self, "_pacs_loader"))
         return loader(self.instance)
-
-
-class ReadAhead:
-    """A loader for :class:`StoredDataset` that opens the objects of a retrieve ahead of
-    their sending: while one goes out, the next :data:`READ_AHEAD` are opened on worker
-    threads (each one's first chunk read: a whole CT slice), so storage reads (a disk, or an
-    S3 GET of a few ms) overlap the sending and the waits for the peer's C-STORE responses
-    instead of coming between them. :meth:`close` drops what was read ahead when the
-    retrieve ends early (cancelled, failed, association lost)."""
-
-    _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="read-ahead")
-
-    def __init__(self, opener: Callable[[StoredInstance], Iterator[bytes]],
-                 instances: list[StoredInstance], depth: int = 0) -> None:
-        self._opener = opener
-        self._instances = instances
-        self._depth = depth or READ_AHEAD
-        self._position = {id(inst): n for n, inst in enumerate(instances)}
-        self._ahead: dict[int, Future[Iterator[bytes]]] = {}  # by position
-        self._lock = threading.Lock()
-
-    def __call__(self, instance: StoredInstance) -> Iterator[bytes]:
-        position = self._position.get(id(instance))
-        if position is None:
-            return self._opener(instance)
-        with self._lock:
-            opened = self._ahead.pop(position, None)
-            skipped = [self._ahead.pop(n) for n in list(self._ahead) if n < position]
-            for following in range(position + 1, min(position + 1 + self._depth,
-                                                      len(self._instances))):
-                if following not in self._ahead:
-                    self._ahead[following] = self._pool.submit(
-                        self._opener, self._instances[following])
-        for other in skipped:
-            _close(other)
-        if opened is None:
-            return self._opener(instance)
-        return opened.result()  # its error (a missing object...) raised here, as if opened now
-
-    def close(self) -> None:
-        with self._lock:
-            ahead, self._ahead = list(self._ahead.values()), {}
-        for opened in ahead:
-            _close(opened)
-
-
-def _close(opened: Future[Iterator[bytes]]) -> None:
-    """Close the stream of an object read ahead and never sent (its file, its connection)."""
-    try:
-        chunks = opened.result()
-    except Exception:  # noqa: BLE001 - it failed to open: nothing to close
-        return
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
 
 
 def _accepted(assoc: Association, sop_class: str) -> list[PresentationContext]:

@@ -263,7 +263,7 @@ def test_cancel_stops_the_sub_operations(study_archive: Callable[..., Any],
     assert 1 <= completed < 300
     assert final.NumberOfRemainingSuboperations == 300 - completed
     assert arrived == completed
-    # no stored object left open (they are opened ahead of their sending: sender.ReadAhead)
+    # no stored object left open (they are opened ahead of their sending: pacs.retrieve.ReadAhead)
     deadline = time.monotonic() + 5
     while _open_objects(archive) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,4 +1,4 @@
-"""Objects of a C-MOVE/C-GET opened ahead of their sending (:class:`dicom_scp.sender.ReadAhead`):
+"""Objects of a retrieve opened ahead of their sending (:class:`pacs.retrieve.ReadAhead`):
 each opened once, on a worker thread, in order; errors raised where the object is used;
 nothing left open when a retrieve ends early."""
 
@@ -10,9 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dicom_scp.sender import ReadAhead
 from pacs.errors import NotFound
-from pacs.retrieve import StoredInstance
+from pacs.retrieve import ReadAhead, StoredInstance
 
 
 def _instance(n: int) -> StoredInstance:
@@ -107,3 +106,4 @@ def test_an_object_from_elsewhere_is_opened_at_once() -> None:
     loader = ReadAhead(opener, [_instance(n) for n in range(3)])  # type: ignore[arg-type]
     assert b"".join(loader(_instance(99))) == b"1.2.3.99"
     assert opener.opened == [("1.2.3.99", threading.current_thread().name)]
+
