@@ -48,9 +48,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.dicomweb import PLUGIN, STORED, orthanc_version  # noqa: E402
-from bench.ingest import DCMTK_ENV, push, stop, wait_port, wait_ready  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    DCMTK_ENV,
+    durable_postgres,
+    push,
+    stop,
+    wait_port,
+    wait_ready,
+)
 from bench.rawfind import RawFind  # noqa: E402
-from tests.infra import free_port  # noqa: E402
+from tests.infra import free_port, start_postgres, start_seaweedfs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SCU, DEST = "BENCHSCU", "BENCHDEST"
@@ -187,19 +194,53 @@ def start_orthanc(work: Path, dest_port: int) -> Target:
     return Target("orthanc", "ORTHANC", proc, port, f"http://127.0.0.1:{http}/dicom-web")
 
 
-def start_pacs(work: Path, dest_port: int) -> Target:
+def start_pacs(work: Path, dest_port: int, name: str = "pacs",
+               settings: dict[str, str] | None = None) -> Target:
     port, http = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env.update(PACS_DATA_DIR=str(work), PACS_DICOM_HOST="127.0.0.1", PACS_DICOM_PORT=str(port),
                PACS_HTTP_PORT=str(http), PACS_LOG_LEVEL="WARNING",
-               PACS_REMOTE_AES=f"{DEST}@127.0.0.1:{dest_port}")
+               PACS_REMOTE_AES=f"{DEST}@127.0.0.1:{dest_port}", **(settings or {}))
+    work.mkdir(parents=True, exist_ok=True)
     log = work / "pacs.log"
     offset = log.stat().st_size if log.exists() else 0  # appended to: this start's lines
     proc = subprocess.Popen([str(Path(sys.executable).parent / "pacs"), "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
     wait_port(port, proc, 600)
     wait_ready(log, proc, offset, 600)
-    return Target("pacs", "MINIPACS", proc, port, f"http://127.0.0.1:{http}/dicomweb")
+    return Target(name, "MINIPACS", proc, port, f"http://127.0.0.1:{http}/dicomweb")
+
+
+PRODUCTION = "pacs-postgres-s3"
+
+
+def start_production(work: Path, dest_port: int) -> tuple[Target, list[Any]]:
+    """The archive on PostgreSQL (fsync on) + S3 (SeaweedFS), for the retrieve benchmark
+    only: its target and the servers to stop."""
+    pg = start_postgres(work / "pg")
+    servers: list[Any] = [pg]
+    try:
+        durable_postgres(pg)
+        s3 = start_seaweedfs(work / "s3")
+        servers.append(s3)
+        target = start_pacs(work / "pacs", dest_port, PRODUCTION, {
+            "PACS_DATABASE_URL": pg.create_database(), "PACS_STORAGE_URL": "s3://bench-retrieve",
+            "PACS_S3_ENDPOINT": s3.endpoint, "PACS_S3_ACCESS_KEY": s3.access_key,
+            "PACS_S3_SECRET_KEY": s3.secret_key})
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return target, servers
+
+
+def wait_uploaded(work: Path, timeout: float = 300) -> None:
+    """Until the S3 spool under ``work`` is empty: retrieves then read from S3."""
+    deadline = time.monotonic() + timeout
+    while any(work.rglob("*.dcm")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"objects still in the spool under {work} after {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def load(work: Path, seed: int, n: int) -> None:
@@ -494,13 +535,23 @@ def report_retrieve(data: dict[str, Any], repeat: int) -> None:
                    "DCMTK `storescp --ignore`; C-GET: `getscu --ignore`; WADO-RS: the series as "
                    "multipart/related application/dicom (stored syntax), and its metadata "
                    f"(warm), {WADO_PER_ROUND} requests per round, keep-alive client. For "
-                   "throughput, ratio < 1 means faster than Orthanc.")
+                   "throughput, ratio < 1 means faster than Orthanc. The last columns: the "
+                   "archive on PostgreSQL (fsync on) + S3 (SeaweedFS on the same two cores), "
+                   "every object read from S3 (its upload spool empty).")
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
 
     def extra(label: str) -> list[str]:
-        return [f"{100 / med['pacs'][label] * 1000:.0f} / {100 / med['orthanc'][label] * 1000:.0f}"]
+        cells = [f"{100 / med['pacs'][label] * 1000:.0f} / "
+                 f"{100 / med['orthanc'][label] * 1000:.0f}"]
+        if PRODUCTION in med:
+            ours = med[PRODUCTION][label]
+            cells += [f"{ours:.1f}", f"{ours / med['orthanc'][label]:.2f}x"]
+        return cells
 
-    lines += table(samples, extra, ["instances/s (us / Orthanc)"])
+    heads = ["instances/s (us / Orthanc)"]
+    if PRODUCTION in med:
+        heads += ["mini-PACS on PostgreSQL + S3 (ms)", "ratio to Orthanc"]
+    lines += table(samples, extra, heads)
     text = "\n".join(lines) + "\n"
     print(text)
     (RESULTS / "retrieve-latest.md").write_text(text)
@@ -525,6 +576,9 @@ def main() -> None:
     parser.add_argument("--retrieve-only", action="store_true",
                         help="only C-MOVE, C-GET and WADO-RS (keeps query-latest as it is)")
     parser.add_argument("--load-only", action="store_true", help="load --work and stop")
+    parser.add_argument("--no-production", action="store_true",
+                        help="retrieve from the archive on SQLite + folder only (not also on "
+                             "PostgreSQL + S3)")
     args = parser.parse_args()
     if not PLUGIN.exists() or shutil.which("Orthanc") is None:
         raise SystemExit("needs Debian's orthanc and orthanc-dicomweb (make bench installs them)")
@@ -538,6 +592,8 @@ def main() -> None:
                              str(dest_port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     targets: list[Target] = []
+    servers: list[Any] = []
+    production: Path | None = None
     try:
         wait_port(dest_port, dest)
         targets.append(start_pacs(work / "pacs", dest_port))
@@ -552,13 +608,23 @@ def main() -> None:
 
             files = sorted((work / "retrieve").iterdir())
             study = pydicom.dcmread(files[0], stop_before_pixels=True)
+            if not args.no_production:
+                production = Path(tempfile.mkdtemp(prefix="pacs-bench-retrieve-"))
+                target, servers = start_production(production, dest_port)
+                targets.append(target)
             load_retrieve_study(targets, work / "retrieve", study)
+            if production is not None:
+                wait_uploaded(production / "pacs")
             print("measuring retrieve", flush=True)
             report_retrieve(measure_retrieve(targets, study, args.repeat, dest_port), args.repeat)
     finally:
         for t in targets:
             stop(t.proc)
         stop(dest)
+        for server in servers:
+            server.stop()
+        if production is not None:
+            shutil.rmtree(production, ignore_errors=True)
     if args.work is None:
         shutil.rmtree(work.parent, ignore_errors=True)
 
