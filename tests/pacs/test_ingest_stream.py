@@ -59,3 +59,24 @@ def _image(uid: str) -> tuple[object, dict[str, str]]:
     from pacs.index.attributes import Level
 
     return Level.IMAGE, {"SOPInstanceUID": uid}
+
+
+def test_a_streamed_resend_repairs_a_lost_object(services: Services, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object taking the looked-up-first path (above LOOKUP_FIRST, lowered here), resent
+    as a stream after its stored copy was lost: written again from the stream, REPAIRED."""
+    from pacs import ingest
+
+    monkeypatch.setattr(ingest, "LOOKUP_FIRST", 1 << 20)
+    obj = write_multiframe(tmp_path / "mf.dcm", 2 << 20, seed=7)
+    raw = obj.path.read_bytes()
+    assert services.ingest.store_instance(CLI, obj.path).status == StoreStatus.STORED
+    (lost,) = services.retrieve.find_instances(CLI, *_image(obj.sop_instance_uid))
+    services.store.delete(lost.storage_key)
+    stream = io.BytesIO(b"head" + raw)
+    stream.seek(4)
+    assert services.ingest.store_instance(CLI, stream).status == StoreStatus.REPAIRED
+    (repaired,) = services.retrieve.find_instances(CLI, *_image(obj.sop_instance_uid))
+    assert repaired.storage_key != lost.storage_key
+    assert services.retrieve.read(repaired) == raw
+    assert list(services.store.keys()) == [repaired.storage_key]
