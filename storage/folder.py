@@ -243,14 +243,21 @@ class FolderStore:
         except OSError as exc:
             raise self._missing(key, exc) from exc
         with f:
-            while True:
-                try:
-                    chunk = f.read(chunk_size)
-                except OSError as exc:
-                    raise map_os_error(exc, f"{self._root}: {key}") from exc
-                if not chunk:
-                    return
-                yield chunk
+            try:
+                # objects are written once: read exactly what is there, in chunks. A read of
+                # a whole chunk_size would allocate it for every object smaller than that,
+                # fresh memory from the kernel each time (glibc maps blocks of a size not
+                # freed lately): a 525 KB CT slice took 0.45-1.3 ms with read(1 MiB),
+                # 0.11-0.17 ms with read(its size)
+                remaining = os.fstat(f.fileno()).st_size
+                while remaining > 0:
+                    chunk = f.read(min(chunk_size, remaining))
+                    if not chunk:
+                        return  # shorter than it was (never, for a stored object)
+                    remaining -= len(chunk)
+                    yield chunk
+            except OSError as exc:
+                raise map_os_error(exc, f"{self._root}: {key}") from exc
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         path = self._path(key)
