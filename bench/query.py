@@ -8,7 +8,9 @@ the two targets in one run. Medians and the ratio us/Orthanc (lower is better).
   by PatientID, PatientName ``A*``, a one-year StudyDate range and all studies, over N
   studies of one small instance each (``--studies``, default 10,000).
 - C-MOVE (``movescu`` to a DCMTK ``storescp``) and C-GET (``getscu``) of a 100-slice CT
-  study, WADO-RS retrieval of its series (multipart, 100 instances) and the series metadata.
+  study, WADO-RS retrieval of its series (multipart, 100 instances) and the series metadata;
+  the same from a third archive on the production pair (PostgreSQL with fsync + SeaweedFS
+  S3, every object read back from S3), reported as extra columns (``--no-production``: not).
 
 Loading: Orthanc through C-STORE (``storescu``, 4 associations); the archive through its
 real ingest path in-process (``IngestService.store_instance`` on 2 threads, exactly what
