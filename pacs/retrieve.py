@@ -213,18 +213,17 @@ def close_stream(stream: object) -> None:
 
 class ReadAhead(Generic[T]):
     """Opens the objects of a retrieve ahead of their sending (the C-STORE sub-operations of
-    C-MOVE and C-GET): called for one object, it returns that object opened (by ``opener``,
-    e.g. :meth:`RetrieveService.stream`) and has the next ``depth`` in the list opened on
-    worker threads meanwhile, each one's first chunk read (a whole CT slice). Storage reads,
-    an S3 GET of a few milliseconds each, then overlap the sending and the peer's responses
-    instead of coming between them. Objects are asked for in list order; one asked for out of
-    order, or from elsewhere, is opened at once, and those skipped over are closed.
-    :meth:`close` drops what was read ahead when the retrieve ends early (cancelled, failed,
-    connection lost). An error opening an object (missing from storage...) is raised by the
-    call asking for it, as if it were opened then.
-
-    Not used for WADO-RS: a series from S3 on this project's machine (the S3 server, the
-    archive and the client on two cores) measured no faster with it (docs/performance.md)."""
+    C-MOVE and C-GET, the parts of a WADO-RS series or study): called for one object, it
+    returns that object opened (by ``opener``, e.g. :meth:`RetrieveService.stream`) and has
+    the next ``depth`` in the list opened on worker threads meanwhile, each one's first chunk
+    read (a whole CT slice). Storage reads, an S3 GET of a few milliseconds each, then
+    overlap the sending and the peer's responses instead of coming between them. Objects are
+    asked for in list order; one asked for out of order, or from elsewhere, is opened at
+    once, and those skipped over are closed. :meth:`close` drops what was read ahead when the
+    retrieve ends early (cancelled, failed, connection lost). An error opening an object
+    (missing from storage...) is raised by the call asking for it, as if it were opened
+    then. ``close`` releases one opened object that will not be sent (default:
+    :func:`close_stream`)."""
 
     _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="read-ahead")
 

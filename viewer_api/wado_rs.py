@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs import render
 from pacs.errors import InvalidInput
-from pacs.retrieve import StoredInstance
+from pacs.retrieve import READ_AHEAD, ReadAhead, StoredInstance, close_stream
 from pacs.services import Services
 from viewer_api.deps import BaseDep, CallerDep, ServicesDep, check_uids
 from viewer_api.errors import NotAcceptable
@@ -60,17 +60,27 @@ def _part_headers(inst: StoredInstance, ts: str | None, length: int) -> dict[str
 def _multipart_instances(services: Services, found: list[StoredInstance],
                          ts: str | None) -> StreamingResponse:
     boundary = new_boundary()
+    as_stored = all(ts in (None, "*", inst.transfer_syntax_uid) for inst in found)
 
     def parts() -> Iterator[tuple[Iterator[bytes], dict[str, str]]]:
-        for inst in found:  # each object streamed from storage when no transcoding is needed
-            chunks, length = services.wado.stream(inst, ts)
-            yield chunks, _part_headers(inst, ts, length)
+        # each object streamed from storage when no transcoding is needed, the next ones
+        # opened meanwhile (from S3: a GET each; only their first chunks held). Transcoded
+        # objects are whole in memory: one at a time.
+        loader = ReadAhead(lambda inst: services.wado.stream(inst, ts), found,
+                           depth=READ_AHEAD if as_stored else 0,
+                           close=lambda pair: close_stream(pair[0]))
+        try:
+            for inst in found:
+                chunks, length = loader(inst)
+                yield chunks, _part_headers(inst, ts, length)
+        finally:
+            loader.close()
 
     headers: dict[str, str] = {}
     if ts is not None:
         for inst in found:  # refuse before streaming starts
             services.wado.check_syntax(inst, ts)
-    if all(ts in (None, "*", inst.transfer_syntax_uid) for inst in found):
+    if as_stored:
         # every object as stored, its length known: the whole answer's length too (a client
         # can show progress, and the server sends the body as is, not in chunks)
         headers["Content-Length"] = str(body_length(boundary, (

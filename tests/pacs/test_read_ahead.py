@@ -107,3 +107,18 @@ def test_an_object_from_elsewhere_is_opened_at_once() -> None:
     assert b"".join(loader(_instance(99))) == b"1.2.3.99"
     assert opener.opened == [("1.2.3.99", threading.current_thread().name)]
 
+
+
+def test_pairs_of_stream_and_length_are_closed_too() -> None:
+    """WADO-RS opens (stream, length) pairs: those read ahead and never sent are closed."""
+    from pacs.retrieve import close_stream
+
+    instances = [_instance(n) for n in range(5)]
+    opener = Opener()
+    loader = ReadAhead(lambda inst: (opener(inst), 1), instances, depth=2,
+                       close=lambda pair: close_stream(pair[0]))
+    stream, length = loader(instances[0])
+    assert (b"".join(stream), length) == (b"1.2.3.0", 1)
+    opener.settle(3)
+    loader.close()
+    assert opener.closed == {"1.2.3.0", "1.2.3.1", "1.2.3.2"}
