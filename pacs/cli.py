@@ -375,6 +375,9 @@ def verify(
     for uid, key in report.corrupt[:100]:
         console.print(f"  [red]corrupt[/red] {uid} (object {key})")
     if not report.healthy:
+        console.print("To repair them, send the same objects again: resend the studies from "
+                      "the modality or another archive, or `pacs import` copies (a resend "
+                      "replaces a missing or corrupt stored copy; docs/deployment.md).")
         raise typer.Exit(1)
 
 

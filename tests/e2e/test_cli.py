@@ -261,7 +261,10 @@ def test_import_again_repairs_an_object_lost_from_storage(tmp_path: Path) -> Non
     assert run("import", str(folder)).returncode == 0
     [stored] = [p for p in (tmp_path / "data" / "objects").rglob("*.dcm")]
     stored.unlink()
-    assert run("verify").returncode != 0
+    broken = run("verify")
+    assert broken.returncode != 0
+    assert "1 missing" in broken.stderr + broken.stdout
+    assert "send the same objects again" in broken.stderr + broken.stdout
     result = run("import", str(folder))
     assert result.returncode == 0, result.stderr
     assert "stored 0, already stored 0, replaced 0, repaired 1, rejected 0" in result.stderr
