@@ -249,15 +249,16 @@ class RssSampler:
                 "end_mib": round(mib[-1], 1), "peak_mib": round(max(mib), 1)}
 
 
-def push(port: int, ae_title: str, folders: list[Path]) -> float:
-    """storescu one association per folder, all at once; seconds until all finished."""
+def push(port: int, ae_title: str, folders: list[Path], timeout: float = 1800) -> float:
+    """storescu one association per folder, all at once; seconds until all finished (each
+    within ``timeout`` seconds)."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["/usr/bin/storescu", "-aec", ae_title, "-R", "+sd", "-nh",
                                "127.0.0.1", str(port), str(folder)], env=DCMTK_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for folder in folders]
     for p in procs:
-        _, err = p.communicate(timeout=1800)
+        _, err = p.communicate(timeout=timeout)
         if p.returncode != 0:
             raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
     return time.perf_counter() - t0

@@ -134,9 +134,29 @@ def write_studies(folder: Path, seed: int, n: int, parts: int = 4) -> list[Path]
     dirs = [folder / f"part{i}" for i in range(parts)]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     for k, ds in enumerate(small_studies(seed, n)):
         ds.save_as(dirs[k % parts] / f"{k:07d}.dcm", enforce_file_format=True)
+        if (k + 1) % 50_000 == 0:
+            print(f"  generated {k + 1}/{n} ({(k + 1) / (time.perf_counter() - t0):.0f}/s)",
+                  flush=True)
     return dirs
+
+
+def report_orthanc_load(target: Target, n: int, done: threading.Event,
+                        every: float = 60.0) -> None:
+    """Print how many instances Orthanc holds every ``every`` seconds until ``done``: a
+    long load (1M studies: hours) shows its progress."""
+    base = target.web.rsplit("/dicom-web", 1)[0]
+    t0 = time.perf_counter()
+    while not done.wait(every):
+        try:
+            count = httpx.get(f"{base}/statistics", timeout=30).json()["CountInstances"]
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            print(f"  Orthanc: progress unknown ({exc})", flush=True)
+            continue
+        print(f"  Orthanc: {count}/{n} ({count / (time.perf_counter() - t0):.0f}/s)",
+              flush=True)
 
 
 def ingest_in_process(data_dir: Path, files: list[Path], threads: int = 2) -> float:
@@ -258,11 +278,16 @@ def load(work: Path, seed: int, n: int) -> None:
     files = sorted(p for d in dirs for p in d.iterdir())
     print(f"generated {n} studies in {time.perf_counter() - t0:.0f} s", flush=True)
     orthanc = start_orthanc(work / "orthanc", free_port())
-    try:
-        secs = push(orthanc.port, orthanc.aet, dirs)
+    done = threading.Event()
+    reporter = threading.Thread(target=report_orthanc_load, args=(orthanc, n, done),
+                                daemon=True)
+    reporter.start()
+    try:  # each storescu pushes n/4 files: at least ~20 per second
+        secs = push(orthanc.port, orthanc.aet, dirs, timeout=max(1800, n / 20))
         print(f"  Orthanc: {n} studies via storescu x{len(dirs)} in {secs:.0f} s "
               f"({n / secs:.0f}/s)", flush=True)
     finally:
+        done.set()
         stop(orthanc.proc)
     secs = ingest_in_process(work / "pacs", files)
     print(f"  archive: {n} studies via IngestService x2 in {secs:.0f} s ({n / secs:.0f}/s)",
