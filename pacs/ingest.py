@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,6 +49,9 @@ from pacs.index.db import writer as write_engine
 log = logging.getLogger(__name__)
 LOOKUP_FIRST = 16 << 20  # objects above this size are looked up before they are written
 STAGE_FLUSH = 64 << 10  # received bytes gathered before they are written to a staged object
+# how long an object acknowledged by another node may stay in that node's upload spool
+# (S3 behind spools, several nodes) before a resend that cannot find it repairs it
+UPLOAD_GRACE = timedelta(hours=1)
 
 
 class StoreStatus(enum.Enum):
@@ -266,13 +269,23 @@ class IngestService:
         """Whether the stored object of ``row`` is there and whole (its SHA-256 recomputed:
         one read, on a resend only, no dearer than receiving the resend), so that a resend
         repairs an object lost or damaged since (`pacs verify` reports those) instead of
-        being answered "already stored"."""
+        being answered "already stored".
+
+        With several nodes on one S3 bucket (an eventually consistent store), an object
+        acknowledged by another node may still be in that node's upload spool: one received
+        less than :data:`UPLOAD_GRACE` ago and not found is taken as there."""
         try:
             digest = hashlib.sha256()
             for chunk in self.store.iter_chunks(row.storage_key):
                 digest.update(chunk)
             return digest.hexdigest() == row.sha256
         except storage.ObjectNotFound:
+            if getattr(self.store, "eventually_consistent", False) and (
+                    row.received_at is None
+                    or datetime.now(UTC) - row.received_at < UPLOAD_GRACE):
+                log.info("stored object %s not found yet (received %s): maybe still in "
+                         "another node's upload spool", row.storage_key, row.received_at)
+                return True
             return False
         except storage.StorageError as exc:  # cannot tell: the sender retries later
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc

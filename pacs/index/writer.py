@@ -22,6 +22,7 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, delete, literal_column, select, update
@@ -50,6 +51,7 @@ class StoredRow:
     sha256: str
     storage_key: str
     size: int
+    received_at: datetime | None = None  # UTC
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ def _statements_for(dialect: str) -> _Statements:
     source = select(Series.id, *(bindparam(name, type_=table.c[name].type) for name in _INSTANCE_COLUMNS)
                     ).where(Series.series_uid == bindparam("series_uid"))
     return _Statements(
-        find_instance=select(Instance.id, Instance.sha256, Instance.storage_key, Instance.size)
+        find_instance=select(Instance.id, Instance.sha256, Instance.storage_key, Instance.size,
+                             Instance.received_at)
         .where(Instance.sop_instance_uid == bindparam("uid")),
         insert_instance=insert.from_select(["series_pk", *_INSTANCE_COLUMNS], source)
         .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
@@ -125,7 +128,12 @@ def _stmts(conn: Connection) -> _Statements:
 
 def find_instance(conn: Connection, sop_instance_uid: str) -> StoredRow | None:
     row = conn.execute(_stmts(conn).find_instance, {"uid": sop_instance_uid}).first()
-    return StoredRow(int(row[0]), row[1], row[2], int(row[3])) if row else None
+    if row is None:
+        return None
+    received = row[4]
+    if received is not None and received.tzinfo is None:  # SQLite keeps UTC without a zone
+        received = received.replace(tzinfo=UTC)
+    return StoredRow(int(row[0]), row[1], row[2], int(row[3]), received)
 
 
 def _instance_values(h: InstanceHeader, obj: NewObject) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+from sqlalchemy import update
 
 from pacs.config import RemoteAE
 from pacs.context import Caller
 from pacs.index.attributes import Level
+from pacs.index.models import Instance
 from pacs.query import QueryRequest
 from pacs.retrieve import StoredInstance
 from tests.conftest import RunningArchive
@@ -225,6 +228,9 @@ def test_resend_restores_an_object_lost_from_storage(
     assert peer.store([first]) == [0]
     [lost] = stored(archive, first.sop_instance_uid)
     archive.svc.store.delete(lost.storage_key)
+    with archive.svc.engine.begin() as conn:  # (S3: not still in another node's spool)
+        conn.execute(update(Instance).where(Instance.sop_instance_uid == first.sop_instance_uid)
+                     .values(received_at=datetime.now(UTC) - timedelta(hours=2)))
     assert peer.store([first]) == [0]
     [restored] = stored(archive, first.sop_instance_uid)
     assert restored.storage_key != lost.storage_key

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 import pydicom
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from pacs.context import Caller
 from pacs.errors import DuplicateConflict, InvalidInput, StorageUnavailable
@@ -288,6 +289,7 @@ def test_resend_repairs_a_lost_or_damaged_object(services: Services, how: str, p
     assert store() is StoreStatus.STORED
     lost = _stored_key(services, uid)
     _lose(services, lost, how)
+    _received_long_ago(services, uid)  # (S3: not still in another node's spool)
     assert not verify(services.engine, services.store).healthy
 
     assert store() is StoreStatus.REPAIRED
@@ -303,6 +305,29 @@ def test_resend_repairs_a_lost_or_damaged_object(services: Services, how: str, p
     assert store() is StoreStatus.ALREADY_STORED  # whole again: a resend keeps nothing
     assert _objects(services) == [repaired]
     assert staged_leftovers(services.store) == []
+
+
+def _received_long_ago(services: Services, uid: str) -> None:
+    with services.engine.begin() as conn:
+        conn.execute(update(Instance).where(Instance.sop_instance_uid == uid)
+                     .values(received_at=datetime.now(UTC) - timedelta(hours=2)))
+
+
+def test_a_recent_object_not_found_on_s3_is_not_repaired(services: Services) -> None:
+    """Several nodes on one bucket: an object another node acknowledged minutes ago may
+    still be in that node's upload spool. A resend that cannot find it is answered
+    "already stored" and keeps nothing (on the folder store, which every node shares at
+    once, it is repaired at any age)."""
+    raw = testdata("CT_small.dcm").read_bytes()
+    uid = services.ingest.store_instance(CLI, raw).sop_instance_uid
+    services.store.delete(_stored_key(services, uid))  # as if it were on another node
+    status = services.ingest.store_instance(CLI, raw).status
+    if getattr(services.store, "eventually_consistent", False):
+        assert status is StoreStatus.ALREADY_STORED
+        assert _objects(services) == []
+    else:
+        assert status is StoreStatus.REPAIRED
+        assert len(_objects(services)) == 1
 
 
 def test_other_content_for_a_lost_object_is_still_refused(services: Services) -> None:
