@@ -254,7 +254,7 @@ def _instances(event: Event, services: Services
     model = event.request.AffectedSOPClassUID
     level = _level(identifier, model, model in _PATIENT_ROOT)
     found = services.retrieve.find_instances(caller_of(event), level, _retrieve_keys(identifier))
-    loader = ReadAhead(services.retrieve.stream, found)
+    loader = ReadAhead(services.retrieve.stream, found, depth=services.retrieve.read_ahead)
     return [sender.StoredDataset(inst, loader) for inst in found], loader
 
 

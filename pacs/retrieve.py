@@ -125,6 +125,14 @@ class RetrieveService:
     engine: Engine
     store: storage.ObjectStore
 
+    @property
+    def read_ahead(self) -> int:
+        """How many objects a many-object retrieve opens ahead (:class:`ReadAhead`): none
+        from a local folder, where a read costs less than handing it to another thread
+        (a 100-slice C-MOVE measured 5-10 % slower with it), :data:`READ_AHEAD` from a
+        remote store (S3: a GET of a few milliseconds each; 20-30 % faster)."""
+        return 0 if isinstance(self.store, storage.FolderStore) else READ_AHEAD
+
     def find_instances(self, caller: Caller, level: Level, keys: dict[str, str]) -> list[StoredInstance]:
         """Instances selected by the unique keys at and above ``level``."""
         exact = _exact_uids(level, keys)

@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs import render
 from pacs.errors import InvalidInput
-from pacs.retrieve import READ_AHEAD, ReadAhead, StoredInstance, close_stream
+from pacs.retrieve import ReadAhead, StoredInstance, close_stream
 from pacs.services import Services
 from viewer_api.deps import BaseDep, CallerDep, ServicesDep, check_uids
 from viewer_api.errors import NotAcceptable
@@ -67,7 +67,7 @@ def _multipart_instances(services: Services, found: list[StoredInstance],
         # opened meanwhile (from S3: a GET each; only their first chunks held). Transcoded
         # objects are whole in memory: one at a time.
         loader = ReadAhead(lambda inst: services.wado.stream(inst, ts), found,
-                           depth=READ_AHEAD if as_stored else 0,
+                           depth=services.retrieve.read_ahead if as_stored else 0,
                            close=lambda pair: close_stream(pair[0]))
         try:
             for inst in found:

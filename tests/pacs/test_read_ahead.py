@@ -12,6 +12,7 @@ import pytest
 
 from pacs.errors import NotFound
 from pacs.retrieve import ReadAhead, StoredInstance
+from pacs.services import Services
 
 
 def _instance(n: int) -> StoredInstance:
@@ -122,3 +123,13 @@ def test_pairs_of_stream_and_length_are_closed_too() -> None:
     opener.settle(3)
     loader.close()
     assert opener.closed == {"1.2.3.0", "1.2.3.1", "1.2.3.2"}
+
+
+def test_remote_stores_are_read_ahead_local_folders_not(services: Services) -> None:
+    """From S3 (behind its spool) a GET takes milliseconds: read ahead. From a local folder
+    a read costs less than a hand-over to another thread: not."""
+    import storage
+    from pacs.retrieve import READ_AHEAD
+
+    local = isinstance(services.store, storage.FolderStore)
+    assert services.retrieve.read_ahead == (0 if local else READ_AHEAD)
