@@ -370,6 +370,9 @@ def verify(
                   + (f"; {len(report.leftovers)} temporary file(s) of interrupted writes"
                      + (f", {len(report.removed_leftovers)} removed" if repair else "")
                      if report.leftovers else ""))
+    if report.pending:
+        console.print(f"{len(report.pending)} object(s) received within the hour not in S3 yet: "
+                      "maybe still in another node's upload spool (not counted as missing)")
     for uid, key in report.missing[:100]:
         console.print(f"  [red]missing[/red] {uid} (object {key})")
     for uid, key in report.corrupt[:100]:

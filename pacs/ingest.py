@@ -115,6 +115,19 @@ class Staging:
         self._staged.abort()
 
 
+def maybe_in_another_spool(store: storage.ObjectStore, received_at: datetime | None) -> bool:
+    """Whether an indexed object that ``store`` cannot find may still be in another node's
+    upload spool (S3 behind spools, several nodes on one bucket) rather than lost: received
+    less than :data:`UPLOAD_GRACE` ago (``received_at`` in UTC; None: unknown, assumed so)."""
+    if not getattr(store, "eventually_consistent", False):
+        return False
+    if received_at is None:
+        return True
+    if received_at.tzinfo is None:  # SQLite keeps UTC without a zone
+        received_at = received_at.replace(tzinfo=UTC)
+    return datetime.now(UTC) - received_at < UPLOAD_GRACE
+
+
 def new_storage_key(now: datetime | None = None) -> str:
     """A fresh opaque key under the day of receipt (UTC) and a 16-way fan-out:
     ``20261123/a/abcd…ef.dcm`` (docs/adr/0001-blob-keys.md). Objects received together share
@@ -280,9 +293,7 @@ class IngestService:
                 digest.update(chunk)
             return digest.hexdigest() == row.sha256
         except storage.ObjectNotFound:
-            if getattr(self.store, "eventually_consistent", False) and (
-                    row.received_at is None
-                    or datetime.now(UTC) - row.received_at < UPLOAD_GRACE):
+            if maybe_in_another_spool(self.store, row.received_at):
                 log.info("stored object %s not found yet (received %s): maybe still in "
                          "another node's upload spool", row.storage_key, row.received_at)
                 return True

@@ -7,7 +7,9 @@ the S3 spool), hidden temporary files left by a write cut short by a crash. Repa
 orphans only, after a grace period and a second look, so a store in flight is never
 touched, and temporary files older than :data:`LEFTOVER_AGE`. Missing or
 corrupt objects are reported, not "repaired": they were acknowledged, so they must be
-restored from backup or resent.
+restored from backup or resent (a resend replaces them, see :mod:`pacs.ingest`). On S3
+behind upload spools, an object received within :data:`pacs.ingest.UPLOAD_GRACE` and not
+found yet is reported as pending (another node may not have uploaded it), not missing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine, select
 
@@ -24,6 +27,7 @@ import storage
 from pacs.dicom.source import ChunkReader, HashingReader
 from pacs.errors import InvalidInput
 from pacs.index.models import Instance
+from pacs.ingest import maybe_in_another_spool
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -34,6 +38,8 @@ LEFTOVER_AGE = 3600.0  # seconds: a temporary file this old belongs to no write 
 class VerifyReport:
     checked: int = 0
     missing: list[tuple[str, str]] = field(default_factory=list)   # (SOP Instance UID, key)
+    # not found but recent, on S3 behind spools: maybe still in another node's upload spool
+    pending: list[tuple[str, str]] = field(default_factory=list)   # (SOP Instance UID, key)
     corrupt: list[tuple[str, str]] = field(default_factory=list)   # (SOP Instance UID, key)
     orphans: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
@@ -45,10 +51,11 @@ class VerifyReport:
         return not (self.missing or self.corrupt)
 
 
-def _indexed(engine: Engine) -> Iterator[tuple[str, str, str, int]]:
+def _indexed(engine: Engine) -> Iterator[tuple[str, str, str, int, datetime | None]]:
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=2000).execute(
-            select(Instance.sop_instance_uid, Instance.storage_key, Instance.sha256, Instance.size)
+            select(Instance.sop_instance_uid, Instance.storage_key, Instance.sha256, Instance.size,
+                   Instance.received_at)
             .order_by(Instance.id))
         yield from result
 
@@ -71,11 +78,16 @@ def verify(engine: Engine, store: storage.ObjectStore, *, hashes: bool = True,
     """Cross-check index and storage; see the module docstring."""
     report = VerifyReport()
     stored_keys = set(store.keys())
-    for uid, key, sha, _size in _indexed(engine):
+    for uid, key, sha, _size, received_at in _indexed(engine):
         report.checked += 1
         if progress:
             progress(1)
         if key not in stored_keys and not store.exists(key):
+            if maybe_in_another_spool(store, received_at):
+                report.pending.append((uid, key))
+                log.info("verify: %s (key %s) not in storage yet: received %s, maybe still "
+                         "in another node's upload spool", uid, key, received_at)
+                continue
             report.missing.append((uid, key))
             log.error("verify: %s has no object (key %s)", uid, key)
             continue
@@ -133,7 +145,7 @@ def migrate_storage(engine: Engine, source: storage.ObjectStore, target: storage
     copy's hash. Idempotent: objects already present with the right hash are skipped."""
     report = MigrationReport()
     target.check()  # reachable, writable, folder/bucket created
-    for uid, key, sha, size in _indexed(engine):
+    for uid, key, sha, size, _received in _indexed(engine):
         try:
             if target.exists(key) and _sha256(target, key) == sha:
                 report.already_there += 1

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
+
 from pacs.context import Caller
+from pacs.index.models import Instance
 from pacs.services import Services
 from pacs.verify import migrate_storage, verify
 from storage import FolderStore
@@ -31,8 +35,15 @@ def test_healthy_archive_verifies(services: Services) -> None:
     assert report.healthy and report.checked == 3 and report.orphans == []
 
 
+def _received_long_ago(services: Services) -> None:
+    """Rows older than the hour an object may spend in another node's spool (S3)."""
+    with services.engine.begin() as conn:
+        conn.execute(update(Instance).values(received_at=datetime.now(UTC) - timedelta(hours=2)))
+
+
 def test_missing_corrupt_and_orphans_found(services: Services) -> None:
     uids = _fill(services)
+    _received_long_ago(services)
     missing = services.retrieve.instance(CLI, uids[0])
     corrupt = services.retrieve.instance(CLI, uids[1])
     services.store.delete(missing.storage_key)
@@ -45,6 +56,23 @@ def test_missing_corrupt_and_orphans_found(services: Services) -> None:
     assert report.removed_orphans == ["ff/ff/orphan.dcm"]
     assert not services.store.exists("ff/ff/orphan.dcm")
     assert not report.healthy
+
+
+def test_a_recent_object_not_in_s3_is_pending_not_missing(services: Services) -> None:
+    """Several nodes on one bucket: an object acknowledged by another node within the hour
+    may still be in its upload spool. On S3 it is reported apart (healthy); on a folder,
+    which every node sees at once, it is missing."""
+    uids = _fill(services)
+    gone = services.retrieve.instance(CLI, uids[0])
+    services.store.delete(gone.storage_key)
+    report = verify(services.engine, services.store)
+    if isinstance(services.store, SpooledStore):
+        assert report.pending == [(uids[0], gone.storage_key)]
+        assert report.missing == [] and report.healthy
+        _received_long_ago(services)
+        report = verify(services.engine, services.store)
+    assert report.pending == []
+    assert report.missing == [(uids[0], gone.storage_key)] and not report.healthy
 
 
 def test_temporary_files_of_interrupted_writes_reported_and_removed_when_old(
