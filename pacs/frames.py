@@ -42,6 +42,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options, pack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from pacs.dicom.header import pixel_header
 from pacs.errors import InvalidInput, NotFound
 
 # Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.6 7FE0,xxxx)
@@ -56,15 +57,25 @@ _DECODE_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError, Att
 Pixels = npt.NDArray[Any]
 
 
-def _read_header(raw: bytes) -> tuple[Dataset, int]:
-    """The dataset up to its pixel data and the offset where the pixel data element starts."""
+def _read_header(raw: bytes) -> tuple[Dataset, UID, int]:
+    """The dataset up to its pixel data (the elements frames are read and rendered with, or
+    all of them when pydicom reads it), its transfer syntax and the offset where the pixel
+    data element starts."""
+    fast = pixel_header(raw)
+    if fast is not None:
+        ds, ts, pos = fast
+        return ds, UID(ts), pos
     fp = BytesIO(raw)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error,
             NotImplementedError, OverflowError, AttributeError) as exc:
         raise InvalidInput(f"unreadable DICOM data: {exc}") from None
-    return ds, fp.tell()
+    meta = getattr(ds, "file_meta", None)
+    ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not ts_value:
+        raise InvalidInput("missing Transfer Syntax UID in the file meta")
+    return ds, UID(str(ts_value)), fp.tell()
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:
@@ -267,12 +278,7 @@ def open_pixels(raw: bytes, *, pixel_data_offset: int | None = None,
     against it: a mismatch means a corrupt index or object and raises InvalidInput. They are
     ignored for deflated objects, whose offsets the index does not keep.
     """
-    ds, pos = _read_header(raw)
-    meta = getattr(ds, "file_meta", None)
-    ts_value = meta.get("TransferSyntaxUID") if meta is not None else None
-    if not ts_value:
-        raise InvalidInput("missing Transfer Syntax UID in the file meta")
-    tsyntax = UID(str(ts_value))
+    ds, tsyntax, pos = _read_header(raw)
     frames = max(_int(ds, "NumberOfFrames", 1), 1)
     if tsyntax.is_deflated:
         try:
@@ -339,10 +345,8 @@ def uncompressed_photometric_interpretation(raw: bytes) -> str:
     The stored value for little endian native objects; otherwise RGB for YBR_FULL,
     YBR_FULL_422, YBR_ICT and YBR_RCT (decoded as RGB), the stored value for the others.
     """
-    ds, _ = _read_header(raw)
+    ds, tsyntax, _ = _read_header(raw)
     stored = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
     native_le = tsyntax.is_transfer_syntax and not tsyntax.is_encapsulated and (
         tsyntax.is_little_endian or tsyntax.is_deflated)
     if native_le or stored not in _DECODED_AS_RGB:

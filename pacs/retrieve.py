@@ -26,6 +26,7 @@ import storage
 from pacs.context import Caller
 from pacs.errors import InvalidInput, NotFound, StorageUnavailable
 from pacs.index.attributes import Level
+from pacs.index.db import RawStatement
 from pacs.index.matching import condition
 from pacs.index.models import Instance, Patient, Series, Study
 
@@ -101,6 +102,11 @@ def _exact_statement(keywords: tuple[str, ...]) -> Select[Any]:
     return _ordered(stmt)
 
 
+@functools.cache
+def _raw_exact_statement(keywords: tuple[str, ...], dialect: Any) -> RawStatement:
+    return RawStatement.of(_exact_statement(keywords), dialect)
+
+
 def _statement(level: Level, keys: dict[str, str]) -> Select[Any]:
     stmt = _select()
     constrained = False
@@ -136,17 +142,32 @@ class RetrieveService:
     def find_instances(self, caller: Caller, level: Level, keys: dict[str, str]) -> list[StoredInstance]:
         """Instances selected by the unique keys at and above ``level``."""
         exact = _exact_uids(level, keys)
-        if exact is not None:  # one instance, series or study by UID: WADO's every request
-            stmt, params = _exact_statement(tuple(exact)), exact
-        else:
-            stmt, params = _statement(level, keys), {}
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(stmt, params).all()
-        except SQLAlchemyError as exc:
+            if exact is not None:  # one instance, series or study by UID: WADO's every request
+                rows = self._exact_rows(exact)
+            else:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(_statement(level, keys)).all()
+        except (SQLAlchemyError, dbapi_error) as exc:
             raise StorageUnavailable(f"index unavailable: {type(exc).__name__}") from exc
         log.info("retrieve %s by %s: %d instance(s)", level.name, caller, len(rows))
         return [StoredInstance(*row) for row in rows]
+
+    def _exact_rows(self, uids: dict[str, str]) -> list[Any]:
+        """Rows of :func:`_exact_statement` on the DBAPI cursor: SQLAlchemy's connection and
+        result handling took ~0.3 ms of a ~0.4 ms lookup, a tenth of a cold thumbnail."""
+        statement = _raw_exact_statement(tuple(uids), self.engine.dialect)
+        connection = self.engine.raw_connection()  # the pool's checkout (and ping) as usual
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(statement.sql, statement.params(dict(uids)))
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which rolls back what a SELECT began
 
     def read_range(self, instance: StoredInstance, offset: int, length: int) -> bytes:
         """``length`` bytes of the stored object from ``offset`` (a frame, without the rest)."""

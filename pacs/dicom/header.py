@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
@@ -381,16 +381,17 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
                 raise _Unexpected("truncated")
 
 
-def _scan(buf: bytes, pos: int, implicit: bool) -> tuple[dict[int, Any], int]:
-    """The wanted top-level elements of the little endian data set at ``pos`` (as pydicom's
-    undecoded elements) and the offset where reading stopped: the first pixel data element,
-    or the end. Raises :class:`_Unexpected` (or ``struct.error`` past the end) for what
-    pydicom should read instead. :func:`_element`, inlined: this loop runs for every
+def _scan(buf: bytes, pos: int, implicit: bool,
+          wanted: frozenset[int] = _WANTED) -> tuple[dict[int, Any], int]:
+    """The ``wanted`` top-level elements of the little endian data set at ``pos`` (as
+    pydicom's undecoded elements) and the offset where reading stopped: the first pixel data
+    element, or the end. Raises :class:`_Unexpected` (or ``struct.error`` past the end) for
+    what pydicom should read instead. :func:`_element`, inlined: this loop runs for every
     element of every object received."""
     found: dict[int, Any] = {}
     end = len(buf)
     unpack_implicit, unpack_explicit = _TAG_LENGTH.unpack_from, _TAG_VR_SHORT.unpack_from
-    wanted, long_vrs, raw_element = _WANTED, _LONG_VRS, pydicom.dataelem.RawDataElement
+    long_vrs, raw_element = _LONG_VRS, pydicom.dataelem.RawDataElement
     while pos < end:
         if implicit:
             group, element, length = unpack_implicit(buf, pos)
@@ -428,6 +429,41 @@ def _meta_transfer_syntax(raw: bytes, end: int) -> str | None:
             return clean_uid(raw[value:value + length].decode("ascii"))
         pos = value + length
     return None
+
+
+# What reading and rendering frames looks at (pacs.frames, pacs.render, pydicom's decoders
+# and LUT functions): the Image Pixel, Modality LUT and VOI LUT attributes (group 0028),
+# Presentation LUT Shape, the functional groups of enhanced objects, the Extended Offset Table
+# (and the character set their texts are in).
+_PIXEL_WANTED = frozenset(tag for tag in pydicom.datadict.DicomDictionary if tag >> 16 == 0x0028) | {
+    int(pydicom.datadict.tag_for_keyword(k) or 0) for k in (
+        "SpecificCharacterSet", "PresentationLUTShape", "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths")}
+
+
+def pixel_header(raw: bytes) -> tuple[Dataset, str, int] | None:
+    """The elements that frames are read and rendered with (``_PIXEL_WANTED``), the transfer
+    syntax and the offset of the pixel data element of the Part 10 bytes ``raw``, read
+    straight from the bytes (~5x faster than pydicom's ``stop_before_pixels`` read of a CT
+    header, which a cold render or thumbnail paid). None for what pydicom must read: big
+    endian or deflated data, one of those elements as an undefined-length sequence (enhanced
+    objects' functional groups), mislabelled VRs, anything unexpected."""
+    try:
+        start = dataset_offset(raw)
+        ts = _meta_transfer_syntax(raw, start)
+        if not ts or not is_valid_uid(ts):
+            return None
+        implicit = _encoding(ts)
+        if implicit is None:
+            return None
+        found, pos = _scan(raw, start, implicit, _PIXEL_WANTED)
+    except (_Unexpected, InvalidInput, struct.error, UnicodeDecodeError):
+        return None
+    ds = Dataset(found)
+    ds.set_original_encoding(implicit, True)  # LUT data is read in the data set's byte order
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds, ts, pos
 
 
 def _parse_header_fast(raw: bytes) -> tuple[InstanceHeader, Dataset] | None:

@@ -13,6 +13,7 @@ import logging
 import os
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,29 @@ def _ensure(engine: Engine, auto_upgrade: bool) -> None:
         f"the index schema is at revision {current or '(none)'} but this version needs {head}: "
         "run `pacs db upgrade` (back up the database first)"
     )
+
+
+@dataclass(frozen=True)
+class RawStatement:
+    """A statement compiled once for a dialect, run on the DBAPI cursor: SQLAlchemy's
+    per-execution work (connection events, compiled cache lookup, result adaptation) costs
+    more than SQLite's execution of a small indexed statement. Only for statements whose
+    columns need no result processing (strings and integers)."""
+
+    sql: str
+    names: tuple[str, ...] | None  # parameter order of a positional paramstyle, else None
+    processors: dict[str, Any]
+
+    @classmethod
+    def of(cls, statement: Any, dialect: Any) -> RawStatement:
+        compiled = statement.compile(dialect=dialect)
+        names = tuple(compiled.positiontup) if compiled.positional else None
+        return cls(str(compiled), names, dict(compiled._bind_processors))
+
+    def params(self, values: dict[str, Any]) -> Any:
+        for name, process in self.processors.items():
+            if name in values:
+                values[name] = process(values[name])
+        if self.names is None:
+            return values
+        return tuple(values[name] for name in self.names)

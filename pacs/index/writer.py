@@ -32,7 +32,7 @@ from sqlalchemy.pool import Pool
 from sqlalchemy.sql.dml import Insert, Update
 
 from pacs.dicom.header import InstanceHeader
-from pacs.index.db import WRITE_OPTION, unpinged, write_lock
+from pacs.index.db import WRITE_OPTION, RawStatement, unpinged, write_lock
 from pacs.index.groupcommit import GroupCommitter, Item
 from pacs.index.models import Instance, Patient, Series, Study
 from pacs.index.timefmt import normalise_date, normalise_time
@@ -265,39 +265,16 @@ def _insert_rows(conn: Connection, batch: Sequence[_Pending]) -> list[StoredRow 
     return results
 
 
-@dataclass(frozen=True)
-class _RawStatement:
-    """A statement compiled once for a dialect, run on the DBAPI cursor."""
-
-    sql: str
-    names: tuple[str, ...] | None  # parameter order of a positional paramstyle, else None
-    processors: dict[str, Any]
-
-    @classmethod
-    def of(cls, statement: Any, dialect: Any) -> _RawStatement:
-        compiled = statement.compile(dialect=dialect)
-        names = tuple(compiled.positiontup) if compiled.positional else None
-        return cls(str(compiled), names, dict(compiled._bind_processors))
-
-    def params(self, values: dict[str, Any]) -> Any:
-        for name, process in self.processors.items():
-            if name in values:
-                values[name] = process(values[name])
-        if self.names is None:
-            return values
-        return tuple(values[name] for name in self.names)
-
-
 @functools.cache
-def _raw_statements(dialect: Any) -> tuple[_RawStatement, _RawStatement, _RawStatement]:
+def _raw_statements(dialect: Any) -> tuple[RawStatement, RawStatement, RawStatement]:
     stmts = _statements_for(dialect.name)
-    return (_RawStatement.of(stmts.insert_instance, dialect),
-            _RawStatement.of(stmts.count_series, dialect),
-            _RawStatement.of(stmts.count_study, dialect))
+    return (RawStatement.of(stmts.insert_instance, dialect),
+            RawStatement.of(stmts.count_series, dialect),
+            RawStatement.of(stmts.count_study, dialect))
 
 
 @functools.cache
-def _raw_counted_insert(dialect: Any) -> _RawStatement | None:
+def _raw_counted_insert(dialect: Any) -> RawStatement | None:
     """PostgreSQL: the instance row and both counters in one statement (data-modifying
     CTEs), a study row's id when the row went in, no row (and nothing changed) otherwise.
     Run in autocommit, it is its own transaction: one round trip instead of five (BEGIN,
@@ -311,10 +288,10 @@ def _raw_counted_insert(dialect: Any) -> _RawStatement | None:
     statement = (update(Study).where(Study.id == counted.c.study_pk)
                  .values(num_instances=Study.num_instances + literal_column("1"))
                  .returning(Study.id))
-    return _RawStatement.of(statement, dialect)
+    return RawStatement.of(statement, dialect)
 
 
-def _insert_counted(connection: Any, statement: _RawStatement, pending: _Pending) -> bool:
+def _insert_counted(connection: Any, statement: RawStatement, pending: _Pending) -> bool:
     """One new instance of an indexed series through :func:`_raw_counted_insert`; True once
     committed, False (nothing changed) when the series is missing or the UID indexed."""
     values = _instance_values(pending.header, pending.obj)
