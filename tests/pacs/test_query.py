@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import String, cast, func, insert, literal, select
 
 from pacs.context import Caller
-from pacs.errors import InvalidInput
+from pacs.errors import InvalidInput, StorageUnavailable
 from pacs.index.attributes import Level
 from pacs.index.models import Patient, Series, Study
 from pacs.query import MAX_LIMIT, Match, QueryRequest
@@ -507,6 +507,26 @@ def test_retrieve_by_one_uid_per_level_agrees_with_uid_lists(services: Services)
         assert _retrieved(services, level, as_lists) == expected, as_lists
         padded = {k: f" {v} " for k, v in keys.items()}
         assert _retrieved(services, level, padded) == expected, padded
+
+
+def test_retrieve_lookups_fail_as_unavailable_while_the_index_is_broken(services: Services) -> None:
+    """Both lookup paths (plain UIDs on the DBAPI cursor, the others through SQLAlchemy)
+    turn a database error into StorageUnavailable (HTTP 503, a DICOM failure status), and
+    answer again once the index is whole: no connection goes back to the pool broken."""
+    uid = sop_uid("an-mr", 0, 1)
+    with services.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE instances RENAME TO instances_away")
+    try:
+        for _ in range(3):  # more than one pooled connection sees the failure
+            with pytest.raises(StorageUnavailable, match="index unavailable"):
+                _retrieved(services, Level.IMAGE, {"SOPInstanceUID": uid})
+            with pytest.raises(StorageUnavailable, match="index unavailable"):
+                _retrieved(services, Level.PATIENT, {"PatientID": "BN001"})
+    finally:
+        with services.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE instances_away RENAME TO instances")
+    assert _retrieved(services, Level.IMAGE, {"SOPInstanceUID": uid}) == [uid]
+    assert len(_retrieved(services, Level.PATIENT, {"PatientID": "BN001"})) == 6
 
 
 def test_retrieve_keys_checked_before_any_lookup(services: Services) -> None:
