@@ -414,6 +414,14 @@ def report(results: dict[str, dict[str, list[float]]],
             ratio = f"{v / ref[a]:.2f}x" if v and ref.get(a) else "-"
             cells += [f"{v:.1f}" if v else "-", ratio]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rounds = results.get("orthanc", {})
+    ours = results.get("pacs-embedded", {})
+    per_round = [f"{a} assoc " + ", ".join(f"{u / o:.2f}x" for u, o in
+                                           zip(ours[a], rounds[a], strict=True))
+                 for a in ("1", "4") if ours.get(a) and rounds.get(a)]
+    if per_round and args.rounds > 1:  # how far apart the rounds are on this machine
+        lines += ["", "pacs-embedded against Orthanc round by round (each round pushes to "
+                  "every target in turn): " + "; ".join(per_round) + "."]
     folder = med.get("pacs-embedded", {})
     for name, env in S3_TARGETS.items():
         s3, drained = med.get(name, {}), med.get(in_s3(name), {})
