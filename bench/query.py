@@ -182,7 +182,8 @@ def ingest_in_process(data_dir: Path, files: list[Path], threads: int = 2) -> fl
 
     try:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(one, files))
+            for start in range(0, len(files), 10_000):  # not a million futures at once
+                list(pool.map(one, files[start:start + 10_000]))
     finally:
         services.close()
     return time.perf_counter() - t0
@@ -266,33 +267,55 @@ def wait_uploaded(work: Path, timeout: float = 300) -> None:
 
 
 def load(work: Path, seed: int, n: int) -> None:
-    """Generate the data set and load it into both targets, unless already done in ``work``."""
+    """Generate the data set and load it into both targets, unless already done in ``work``.
+
+    Each step leaves a marker, so a load cut short (1M studies take hours) goes on from the
+    step it was in: the generated files are kept, Orthanc's load is redone, the archive's is
+    resumed (what it already holds is answered "already stored")."""
     marker = work / f"loaded-{seed}-{n}"
     if marker.exists():
         print(f"reusing the {n} studies loaded in {work}", flush=True)
         return
-    if work.exists():
-        shutil.rmtree(work)
-    t0 = time.perf_counter()
-    dirs = write_studies(work / "files", seed, n)
+
+    def step(name: str) -> Path:
+        return work / f"{name}-{seed}-{n}"
+
+    if work.exists() and not step("generated").exists():
+        shutil.rmtree(work)  # another data set, or nothing of this one finished
+    work.mkdir(parents=True, exist_ok=True)
+    dirs = [work / "files" / f"part{i}" for i in range(4)]
+    if step("generated").exists():
+        print(f"reusing the {n} studies generated in {work / 'files'}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        dirs = write_studies(work / "files", seed, n, len(dirs))
+        print(f"generated {n} studies in {time.perf_counter() - t0:.0f} s", flush=True)
+        step("generated").touch()
     files = sorted(p for d in dirs for p in d.iterdir())
-    print(f"generated {n} studies in {time.perf_counter() - t0:.0f} s", flush=True)
-    orthanc = start_orthanc(work / "orthanc", free_port())
-    done = threading.Event()
-    reporter = threading.Thread(target=report_orthanc_load, args=(orthanc, n, done),
-                                daemon=True)
-    reporter.start()
-    try:  # each storescu pushes n/4 files: at least ~20 per second
-        secs = push(orthanc.port, orthanc.aet, dirs, timeout=max(1800, n / 20))
-        print(f"  Orthanc: {n} studies via storescu x{len(dirs)} in {secs:.0f} s "
-              f"({n / secs:.0f}/s)", flush=True)
-    finally:
-        done.set()
-        stop(orthanc.proc)
+    if step("orthanc").exists():
+        print("  Orthanc: loaded before", flush=True)
+    else:
+        shutil.rmtree(work / "orthanc", ignore_errors=True)
+        orthanc = start_orthanc(work / "orthanc", free_port())
+        done = threading.Event()
+        reporter = threading.Thread(target=report_orthanc_load, args=(orthanc, n, done),
+                                    daemon=True)
+        reporter.start()
+        try:  # each storescu pushes n/4 files: at least ~20 per second
+            secs = push(orthanc.port, orthanc.aet, dirs, timeout=max(1800, n / 20))
+            print(f"  Orthanc: {n} studies via storescu x{len(dirs)} in {secs:.0f} s "
+                  f"({n / secs:.0f}/s)", flush=True)
+        finally:
+            done.set()
+            stop(orthanc.proc)
+        step("orthanc").touch()
+    if (work / "pacs").exists():
+        print("  archive: resuming a load cut short", flush=True)
     secs = ingest_in_process(work / "pacs", files)
     print(f"  archive: {n} studies via IngestService x2 in {secs:.0f} s ({n / secs:.0f}/s)",
           flush=True)
     retrieve = work / "retrieve"
+    shutil.rmtree(retrieve, ignore_errors=True)
     retrieve.mkdir()
     from pacs.demo import generate_bulk
 
@@ -300,6 +323,8 @@ def load(work: Path, seed: int, n: int) -> None:
         ds.save_as(retrieve / f"{i:03d}.dcm", enforce_file_format=True)
     shutil.rmtree(work / "files")
     marker.touch()
+    for name in ("generated", "orthanc"):
+        step(name).unlink()
 
 
 def load_retrieve_study(targets: list[Target], folder: Path, study: Any) -> None:
