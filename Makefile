@@ -89,7 +89,8 @@ bench-scale: $(TEST_STAMP) system-deps
 	$(BIN)/python bench/ingest.py --preloaded $(BENCH_SCALE_WORK)
 
 ## bench-1m: the query benchmark over 1,000,000 studies (the optional long run of issue 5:
-## loading takes hours on 2 cores and ~35 GB of disk in BENCH_1M_WORK, kept for next time)
+## loading takes hours on 2 cores and ~35 GB of disk in BENCH_1M_WORK, kept for next time;
+## a load cut short goes on from the step it was in when run again)
 BENCH_1M_WORK ?= /var/tmp/pacs-bench-1m
 bench-1m: $(TEST_STAMP) system-deps
 	$(COMPILE_OWN)
