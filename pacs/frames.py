@@ -28,6 +28,7 @@ are the exception: they are inflated once by ``dcmread``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -103,6 +104,9 @@ class PixelSource:
     pixel_keyword: str
     pixel_vr: str | None
     number_of_frames: int
+    # a ranged read (:func:`open_frame`) holds one native frame, this one, at value_offset
+    first_frame: int = 0
+    ranged: bool = False
 
     @property
     def encapsulated(self) -> bool:
@@ -116,6 +120,12 @@ class PixelSource:
         if not 0 <= index < self.number_of_frames:
             raise NotFound(f"frame index {index} out of range: the object has {self.number_of_frames} "
                            f"frame(s)")
+        if self.ranged and index != self.first_frame:
+            raise ValueError(f"frame {index} was not read (this source holds frame {self.first_frame})")
+
+    def _held(self, index: int) -> int:
+        """Where frame ``index`` is among the frames held in ``buffer``."""
+        return index - self.first_frame
 
     def frame_size(self) -> tuple[int, int]:
         """(bytes, bits) of one native frame; bits matter only for BitsAllocated 1."""
@@ -153,7 +163,7 @@ class PixelSource:
             bits = np.unpackbits(chunk, bitorder="little")
             start = (index * nbits) % 8
             return np.packbits(bits[start:start + nbits], bitorder="little").tobytes()
-        start = self.value_offset + (index * nbits // 8 if nbits else index * nbytes)
+        start = self.value_offset + (index * nbits // 8 if nbits else self._held(index) * nbytes)
         if start + nbytes > end_of_value:
             raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
         return self.buffer[start:start + nbytes]
@@ -188,7 +198,7 @@ class PixelSource:
         if bits not in (8, 16) or rows <= 0 or cols <= 0 or representation not in (0, 1):
             return None
         nbytes = rows * cols * bits // 8
-        start = self.value_offset + index * nbytes
+        start = self.value_offset + self._held(index) * nbytes
         assert self.value_length is not None
         if start + nbytes > self.value_offset + self.value_length:
             raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
@@ -232,8 +242,11 @@ class PixelSource:
             opts["number_of_frames"], index = 1, 0
         else:
             src = memoryview(self.buffer)[self.value_offset:self.value_offset + self.value_length]
+        held = index
+        if self.ranged:  # one frame, read by range
+            opts["number_of_frames"], held = 1, 0
         try:
-            arr, meta = decoder.as_array(src, index=index, validate=True, raw=not as_rgb, **opts)
+            arr, meta = decoder.as_array(src, index=held, validate=True, raw=not as_rgb, **opts)
         except _DECODE_ERRORS as exc:
             raise InvalidInput(f"cannot decode frame {index}: {exc}") from None
         if not arr.dtype.isnative:  # big endian data comes back as a big endian dtype
@@ -241,8 +254,8 @@ class PixelSource:
         return arr, str(meta.get("photometric_interpretation", self.photometric_interpretation))
 
 
-def _pixel_element(raw: bytes, pos: int, ds: Dataset,
-                   tsyntax: UID) -> tuple[str, str | None, int, int | None]:
+def _pixel_element(raw: bytes, pos: int, ds: Dataset, tsyntax: UID,
+                   total: int | None = None) -> tuple[str, str | None, int, int | None]:
     """(keyword, VR, value offset, value length or None) of the pixel data element at ``pos``."""
     implicit, little = ds.original_encoding
     little = tsyntax.is_little_endian if little is None else little
@@ -263,7 +276,7 @@ def _pixel_element(raw: bytes, pos: int, ds: Dataset,
         value_offset = pos + 8
     if length == _UNDEFINED_LENGTH:
         return _PIXEL_KEYWORDS[element], vr, value_offset, None
-    if value_offset + length > len(raw):
+    if value_offset + length > (len(raw) if total is None else total):
         raise InvalidInput("truncated pixel data")
     return _PIXEL_KEYWORDS[element], vr, value_offset, length
 
@@ -297,6 +310,38 @@ def open_pixels(raw: bytes, *, pixel_data_offset: int | None = None,
     if length is None and not tsyntax.is_encapsulated:
         raise InvalidInput("undefined length pixel data in a native transfer syntax")
     return PixelSource(ds, tsyntax, raw, offset, length, keyword, vr, frames)
+
+
+def open_frame(header: bytes, total: int, index: int | None,
+               read: Callable[[int, int], bytes]) -> PixelSource | None:
+    """Frame ``index`` (None: the middle one, a thumbnail's) of a native (not 1-bit) little
+    endian object opened from ``header``,
+    the object's bytes up to its pixel data value, and ``read(offset, length)``, which
+    fetches that frame's bytes alone from storage (``total``: the object's size). A render
+    of one frame of a 1 GB multi-frame object then reads a few hundred KB, not 1 GB. None
+    for objects whose frames are not found that way (encapsulated, big endian, deflated,
+    1-bit): read them whole."""
+    ds, tsyntax, pos = _read_header(header)
+    if tsyntax.is_encapsulated or tsyntax.is_deflated or not tsyntax.is_little_endian:
+        return None
+    keyword, vr, value_offset, length = _pixel_element(header, pos, ds, tsyntax, total)
+    if length is None:
+        raise InvalidInput("undefined length pixel data in a native transfer syntax")
+    frames = max(_int(ds, "NumberOfFrames", 1), 1)
+    if index is None:
+        index = frames // 2
+    whole = PixelSource(ds, tsyntax, b"", value_offset, length, keyword, vr, frames)
+    whole.check_index(index)
+    nbytes, nbits = whole.frame_size()
+    if nbits:
+        return None
+    start = value_offset + index * nbytes
+    if start + nbytes > value_offset + length:
+        raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
+    data = read(start, nbytes)
+    if len(data) != nbytes:
+        raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
+    return PixelSource(ds, tsyntax, data, 0, nbytes, keyword, vr, frames, index, True)
 
 
 def frame_count(raw: bytes) -> int:

@@ -444,15 +444,26 @@ def render_frame(raw: bytes, index: int, options: RenderOptions | None = None) -
     return _render(open_pixels(raw), index, options or RenderOptions())
 
 
-def render_thumbnail(raw: bytes, options: RenderOptions | None = None, size: int = 128) -> bytes:
-    """The middle frame fitted into ``size`` x ``size`` (or the options' viewport), JPEG by default."""
+def thumbnail_options(options: RenderOptions | None = None, size: int = 128) -> RenderOptions:
+    """``options`` for a thumbnail: fitted into ``size`` x ``size`` unless they give a viewport."""
     options = options or RenderOptions()
     if options.region is not None:
         raise InvalidInput("a thumbnail viewport takes only vw and vh")
     if options.viewport is None:
         options = replace(options, viewport=(size, size))
+    return options
+
+
+def render_thumbnail(raw: bytes, options: RenderOptions | None = None, size: int = 128) -> bytes:
+    """The middle frame fitted into ``size`` x ``size`` (or the options' viewport), JPEG by default."""
     source = open_pixels(raw)
-    return _render(source, source.number_of_frames // 2, options)
+    return _render(source, source.number_of_frames // 2, thumbnail_options(options, size))
+
+
+def render_source(source: PixelSource, options: RenderOptions | None = None) -> bytes:
+    """The frame a ranged read opened (:func:`pacs.frames.open_frame`), rendered as
+    :func:`render_frame` would render it from the whole object."""
+    return _render(source, source.first_frame, options or RenderOptions())
 
 
 # --- cache ---------------------------------------------------------------------------------------

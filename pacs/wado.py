@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+RANGED_RENDER_BYTES = 4 << 20  # objects rendered from a ranged read of the frame, not read whole
 PRECOMPUTE_BATCH = 200  # instances whose metadata is written in one transaction
 PRECOMPUTE_GATHER = 0.2  # seconds to wait for more stored instances before writing a batch
 PRECOMPUTE_IDLE = 0.5  # seconds without a store before metadata is precomputed
@@ -269,16 +270,33 @@ class WadoService:
         cached = self.render_cache.get(inst.sop_instance_uid, frame_key, options)
         if cached is not None:
             return cached
-        raw = self.retrieve.read(inst)
-        if thumbnail:
-            data = render.render_thumbnail(raw, options)
+        index = None if thumbnail else (frame or 1) - 1
+        if index is not None and not 0 <= index < max(inst.number_of_frames, 1):
+            raise NotFound(f"frame {frame} of {inst.sop_instance_uid} does not exist")
+        source = self._ranged_frame(inst, index)
+        if source is not None:
+            data = render.render_source(
+                source, render.thumbnail_options(options) if thumbnail else options)
+        elif index is None:
+            data = render.render_thumbnail(self.retrieve.read(inst), options)
         else:
-            index = (frame or 1) - 1
-            if index < 0 or index >= max(inst.number_of_frames, 1):
-                raise NotFound(f"frame {frame} of {inst.sop_instance_uid} does not exist")
-            data = render.render_frame(raw, index, options)
+            data = render.render_frame(self.retrieve.read(inst), index, options)
         self.render_cache.put(inst.sop_instance_uid, frame_key, options, data)
         return data
+
+    def _ranged_frame(self, inst: StoredInstance, index: int | None) -> Any:
+        """The frame to render read by byte range (header, then the frame alone) for native
+        objects of :data:`RANGED_RENDER_BYTES` or more (a frame of a 1 GB cine loop: ~1 MB
+        read, not 1 GB); None for smaller objects, read whole in one go, and for those
+        whose frames are not found by offset (encapsulated, 1-bit)."""
+        from pacs import frames
+
+        if (inst.size < RANGED_RENDER_BYTES or inst.transfer_syntax_uid not in NATIVE_LE
+                or inst.pixel_data_offset is None or inst.bits_allocated in (None, 1)):
+            return None
+        header = self.retrieve.read_range(inst, 0, inst.pixel_data_offset)
+        return frames.open_frame(header, inst.size, index,
+                                 lambda offset, length: self.retrieve.read_range(inst, offset, length))
 
 
 def _has_pixels(raw: bytes) -> bool:
