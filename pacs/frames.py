@@ -49,6 +49,7 @@ from pacs.errors import InvalidInput, NotFound
 # Pixel Data, Float Pixel Data, Double Float Pixel Data (PS3.6 7FE0,xxxx)
 _PIXEL_KEYWORDS = {0x0010: "PixelData", 0x0008: "FloatPixelData", 0x0009: "DoubleFloatPixelData"}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM_LE, _SEQUENCE_END_LE = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"  # (FFFE,E000), (FFFE,E0DD)
 # Photometric interpretations that pydicom's decoders (with their defaults) return as RGB
 _DECODED_AS_RGB = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
 # Errors pydicom and its plugins raise on undecodable or inconsistent pixel data
@@ -171,12 +172,13 @@ class PixelSource:
     def _encapsulated_frame(self, index: int) -> bytes:
         ds = self.ds
         extended = None
-        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds and not self.ranged:
             extended = (bytes(ds.ExtendedOffsetTable), bytes(ds.ExtendedOffsetTableLengths))
         fp = BytesIO(self.buffer)
         fp.seek(self.value_offset)
+        held, frames = (0, 1) if self.ranged else (index, self.number_of_frames)
         try:
-            return get_frame(fp, index, extended_offsets=extended, number_of_frames=self.number_of_frames)
+            return get_frame(fp, held, extended_offsets=extended, number_of_frames=frames)
         except _DECODE_ERRORS as exc:
             raise InvalidInput(f"frame {index} not found in the encapsulated pixel data: {exc}") from None
 
@@ -243,8 +245,9 @@ class PixelSource:
         else:
             src = memoryview(self.buffer)[self.value_offset:self.value_offset + self.value_length]
         held = index
-        if self.ranged:  # one frame, read by range
+        if self.ranged:  # one frame, read by range (encapsulated: as the one fragment)
             opts["number_of_frames"], held = 1, 0
+            opts.pop("extended_offsets", None)
         try:
             arr, meta = decoder.as_array(src, index=held, validate=True, raw=not as_rgb, **opts)
         except _DECODE_ERRORS as exc:
@@ -314,34 +317,89 @@ def open_pixels(raw: bytes, *, pixel_data_offset: int | None = None,
 
 def open_frame(header: bytes, total: int, index: int | None,
                read: Callable[[int, int], bytes]) -> PixelSource | None:
-    """Frame ``index`` (None: the middle one, a thumbnail's) of a native (not 1-bit) little
-    endian object opened from ``header``,
-    the object's bytes up to its pixel data value, and ``read(offset, length)``, which
-    fetches that frame's bytes alone from storage (``total``: the object's size). A render
-    of one frame of a 1 GB multi-frame object then reads a few hundred KB, not 1 GB. None
-    for objects whose frames are not found that way (encapsulated, big endian, deflated,
-    1-bit): read them whole."""
+    """Frame ``index`` (None: the middle one, a thumbnail's) of a stored object opened from
+    ``header``, the object's bytes up to its pixel data value (or a little more), and
+    ``read(offset, length)``, which fetches byte ranges from storage (``total``: the
+    object's size). A render of one frame of a 1 GB multi-frame object then reads a few
+    hundred KB, not 1 GB. Native little endian frames are found by their size; encapsulated
+    ones through the Extended or the Basic Offset Table. None where the frame is not found
+    that way (1-bit, big endian or deflated data, encapsulated data without an offset
+    table, or one that does not fit): read the object whole."""
     ds, tsyntax, pos = _read_header(header)
-    if tsyntax.is_encapsulated or tsyntax.is_deflated or not tsyntax.is_little_endian:
+    if tsyntax.is_deflated or not tsyntax.is_little_endian:
         return None
     keyword, vr, value_offset, length = _pixel_element(header, pos, ds, tsyntax, total)
-    if length is None:
-        raise InvalidInput("undefined length pixel data in a native transfer syntax")
     frames = max(_int(ds, "NumberOfFrames", 1), 1)
     if index is None:
         index = frames // 2
     whole = PixelSource(ds, tsyntax, b"", value_offset, length, keyword, vr, frames)
     whole.check_index(index)
+
+    def fetch(offset: int, size: int) -> bytes:
+        data = header[offset:offset + size] if offset + size <= len(header) else read(offset, size)
+        if len(data) != size:
+            raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
+        return data
+
+    if length is None:
+        if not tsyntax.is_encapsulated:
+            raise InvalidInput("undefined length pixel data in a native transfer syntax")
+        fragment = _encapsulated_frame_bytes(ds, value_offset, total, frames, index, fetch)
+        if fragment is None:
+            return None
+        # the frame as the one fragment of a one-frame value: empty offset table, delimiter
+        value = b"".join((_ITEM_LE, b"\0\0\0\0", _ITEM_LE, struct.pack("<I", len(fragment)),
+                          fragment, _SEQUENCE_END_LE, b"\0\0\0\0"))
+        return PixelSource(ds, tsyntax, value, 0, None, keyword, vr, frames, index, True)
     nbytes, nbits = whole.frame_size()
     if nbits:
         return None
     start = value_offset + index * nbytes
     if start + nbytes > value_offset + length:
         raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
-    data = read(start, nbytes)
-    if len(data) != nbytes:
-        raise InvalidInput(f"truncated pixel data: frame {index} incomplete")
-    return PixelSource(ds, tsyntax, data, 0, nbytes, keyword, vr, frames, index, True)
+    return PixelSource(ds, tsyntax, fetch(start, nbytes), 0, nbytes, keyword, vr, frames,
+                       index, True)
+
+
+def _encapsulated_frame_bytes(ds: Dataset, value_offset: int, total: int, frames: int,
+                              index: int, fetch: Callable[[int, int], bytes]) -> bytes | None:
+    """The fragments of frame ``index`` of an encapsulated value at ``value_offset``,
+    joined, found through the Extended Offset Table (PS3.5 A.4, one fragment per frame) or
+    the Basic Offset Table; None without either, or when they do not fit the object."""
+    item, bot_length = struct.unpack("<4sI", fetch(value_offset, 8))
+    if item != _ITEM_LE:
+        raise InvalidInput("encapsulated pixel data without its offset table item")
+    first = value_offset + 8 + bot_length  # the first fragment's item
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = np.frombuffer(bytes(ds.ExtendedOffsetTable), "<u8")
+        lengths = np.frombuffer(bytes(ds.ExtendedOffsetTableLengths), "<u8")
+        if len(offsets) != frames or len(lengths) != frames:
+            return None
+        start, size = first + int(offsets[index]), int(lengths[index])
+        if start + 8 + size > total:
+            return None
+        item, item_length = struct.unpack("<4sI", fetch(start, 8))
+        if item != _ITEM_LE or item_length != size:
+            return None
+        return fetch(start + 8, size)
+    if bot_length == 0 or bot_length != 4 * frames:
+        return None
+    table = np.frombuffer(fetch(value_offset + 8, bot_length), "<u4").astype(np.int64)
+    if table[0] != 0 or np.any(np.diff(table) <= 0) or first + table[-1] + 8 > total:
+        return None
+    start = first + int(table[index])
+    last = index + 1 == frames  # runs to the sequence delimiter, whatever follows the value
+    data = fetch(start, (total if last else first + int(table[index + 1])) - start)
+    pieces, pos = [], 0
+    while pos + 8 <= len(data):
+        tag, size = struct.unpack_from("<4sI", data, pos)
+        if tag == _SEQUENCE_END_LE:
+            return b"".join(pieces) if last else None
+        if tag != _ITEM_LE or pos + 8 + size > len(data):
+            return None
+        pieces.append(data[pos + 8:pos + 8 + size])
+        pos += 8 + size
+    return None if last or pos != len(data) else b"".join(pieces)
 
 
 def frame_count(raw: bytes) -> int:

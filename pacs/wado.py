@@ -285,19 +285,20 @@ class WadoService:
         return data
 
     def _ranged_frame(self, inst: StoredInstance, index: int | None) -> Any:
-        """The frame to render read by byte range (header, then the frame alone) for native
+        """The frame to render read by byte range (the header, then the frame alone) for
         objects of :data:`RANGED_RENDER_BYTES` or more (a frame of a 1 GB cine loop: ~1 MB
-        read, not 1 GB); None for smaller objects, read whole in one go, and for those
-        whose frames are not found by offset (encapsulated, 1-bit)."""
+        read, not 1 GB); None for smaller objects, read whole in one go, and for those whose
+        frames are not found by offset (see :func:`pacs.frames.open_frame`)."""
         from pacs import frames
 
-        if (inst.size < RANGED_RENDER_BYTES or inst.transfer_syntax_uid not in NATIVE_LE
-                or inst.pixel_data_offset is None or inst.bits_allocated in (None, 1)):
+        if (inst.size < RANGED_RENDER_BYTES or inst.pixel_data_offset is None
+                or inst.bits_allocated in (None, 1)):
             return None
-        header = self.retrieve.read_range(inst, 0, inst.pixel_data_offset)
-        return frames.open_frame(header, inst.size, index,
+        head = inst.pixel_data_offset
+        if inst.pixel_data_length is None:  # encapsulated: its Basic Offset Table in the same read
+            head = min(inst.size, head + 8 + 4 * max(inst.number_of_frames, 1))
+        return frames.open_frame(self.retrieve.read_range(inst, 0, head), inst.size, index,
                                  lambda offset, length: self.retrieve.read_range(inst, offset, length))
-
 
 def _has_pixels(raw: bytes) -> bool:
     return b"\xe0\x7f\x10\x00" in raw[-(1 << 20):] or b"\x7f\xe0\x00\x10" in raw

@@ -5,17 +5,20 @@ the renders of the whole object."""
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from pacs import render
 from pacs.context import Caller
-from pacs.errors import NotFound
+from pacs.errors import DuplicateConflict, InvalidInput, NotFound
 from pacs.services import Services
 from pacs.wado import RANGED_RENDER_BYTES
 
@@ -119,3 +122,88 @@ def test_small_objects_are_read_whole(services: Services, monkeypatch: pytest.Mo
     monkeypatch.setattr(services.retrieve, "read_range", no_range)
     assert services.wado.rendered(inst, 2, render.RenderOptions()) == render.render_frame(
         buf.getvalue(), 1, render.RenderOptions())
+
+
+
+def _force_ranged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pacs.wado.RANGED_RENDER_BYTES", 0)
+
+
+def _whole_renders(data: bytes, frames: int) -> list[object]:
+    """What rendering the whole object gives: the first and last frames, the thumbnail."""
+    out: list[object] = []
+    for call in (lambda: render.render_frame(data, 0),
+                 lambda: render.render_frame(data, frames - 1),
+                 lambda: render.render_thumbnail(data)):
+        try:
+            out.append(call())
+        except (InvalidInput, NotFound) as exc:
+            out.append(type(exc).__name__)
+    return out
+
+
+def _ranged_renders(services: Services, uid: str) -> tuple[list[object], bool]:
+    inst = services.retrieve.instance(CLI, uid)
+    try:
+        opened = services.wado._ranged_frame(inst, None) is not None
+    except (InvalidInput, NotFound):
+        opened = False
+    got: list[object] = []
+    for frame, thumbnail in ((1, False), (max(inst.number_of_frames, 1), False), (None, True)):
+        services.wado.render_cache = None
+        try:
+            got.append(services.wado.rendered(inst, frame, render.RenderOptions(),
+                                              thumbnail=thumbnail))
+        except (InvalidInput, NotFound) as exc:
+            got.append(type(exc).__name__)
+    return got, opened
+
+
+def test_every_bundled_file_renders_alike_read_by_range(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every object read by range (the size threshold at 0), each pydicom test file
+    that the archive takes renders exactly as from its whole bytes: frames found by offset
+    (native, or encapsulated with an offset table), or the object read whole."""
+    _force_ranged(monkeypatch)
+    opened = []
+    for path in sorted(get_testdata_files("*.dcm")):
+        data = Path(path).read_bytes()
+        if len(data) > 8 << 20 or data[128:132] != b"DICM":
+            continue
+        try:
+            uid = services.ingest.store_instance(CLI, data).sop_instance_uid
+        except (InvalidInput, DuplicateConflict):
+            continue  # not an archivable object, or another file's SOP Instance UID
+        inst = services.retrieve.instance(CLI, uid)
+        got, by_range = _ranged_renders(services, uid)
+        assert got == _whole_renders(services.retrieve.read(inst), max(inst.number_of_frames, 1)), \
+            Path(path).name
+        if by_range:
+            opened.append((Path(path).name, inst.pixel_data_length is None))
+    assert len(opened) >= 15 and any(encapsulated for _, encapsulated in opened), opened
+
+
+@pytest.mark.parametrize("table", ["basic", "extended", "none", "two-fragments"])
+def test_encapsulated_frames_found_through_the_offset_tables(
+        services: Services, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    """A 30-frame JPEG object re-encapsulated with each kind of offset table: the ranged
+    render equals the whole one; without a table the object is read whole."""
+    _force_ranged(monkeypatch)
+    ds = pydicom.dcmread(get_testdata_files("examples_ybr_color.dcm")[0])
+    frames = list(generate_frames(ds.PixelData, number_of_frames=30))
+    if table == "extended":
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = \
+            encapsulate_extended(frames)
+    elif table == "two-fragments":  # every frame in two fragments, found through the table
+        ds.PixelData = encapsulate(frames, fragments_per_frame=2, has_bot=True)
+    else:
+        ds.PixelData = encapsulate(frames, has_bot=table == "basic")
+    ds["PixelData"].is_undefined_length = True
+    ds.SOPInstanceUID = generate_uid()
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    uid = services.ingest.store_instance(CLI, data).sop_instance_uid
+    got, by_range = _ranged_renders(services, uid)
+    assert by_range == (table != "none")
+    assert got == _whole_renders(data, 30)
