@@ -432,9 +432,14 @@ def uncompressed_frame(raw: bytes, index: int) -> bytes:
     endian (1-bit data packed again, PS3.5 8.1.1). The photometric interpretation of the result
     is :func:`uncompressed_photometric_interpretation`.
     """
-    source = open_pixels(raw)
+    return source_frame(open_pixels(raw), index, stored=False)
+
+
+def source_frame(source: PixelSource, index: int, *, stored: bool) -> bytes:
+    """Frame ``index`` of an opened object: as stored (:meth:`PixelSource.stored_frame`) or
+    uncompressed (:func:`uncompressed_frame`)."""
     tsyntax = source.transfer_syntax
-    if not tsyntax.is_encapsulated and (tsyntax.is_little_endian or tsyntax.is_deflated):
+    if stored or not tsyntax.is_encapsulated and (tsyntax.is_little_endian or tsyntax.is_deflated):
         return source.stored_frame(index)
     arr, _ = source.decode(index)
     if _int(source.ds, "BitsAllocated", 0) == 1:

@@ -225,6 +225,16 @@ class WadoService:
         ranged = self._ranged_frames(inst, numbers)
         if ranged is not None:
             return ranged
+        if inst.pixel_data_length is None:  # encapsulated: through its offset table, if any
+            sources = []
+            for n in numbers:
+                source = self._ranged_frame(inst, n - 1)
+                if source is None:
+                    break
+                sources.append(source)
+            else:
+                return [frames.source_frame(source, n - 1, stored=stored)
+                        for source, n in zip(sources, numbers, strict=True)]
         raw = self.retrieve.read(inst)
         out = []
         for n in numbers:

@@ -16,6 +16,7 @@ from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from pacs import frames as pixel_frames
 from pacs import render
 from pacs.context import Caller
 from pacs.errors import DuplicateConflict, InvalidInput, NotFound
@@ -190,14 +191,14 @@ def test_encapsulated_frames_found_through_the_offset_tables(
     render equals the whole one; without a table the object is read whole."""
     _force_ranged(monkeypatch)
     ds = pydicom.dcmread(get_testdata_files("examples_ybr_color.dcm")[0])
-    frames = list(generate_frames(ds.PixelData, number_of_frames=30))
+    jpegs = list(generate_frames(ds.PixelData, number_of_frames=30))
     if table == "extended":
         ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = \
-            encapsulate_extended(frames)
+            encapsulate_extended(jpegs)
     elif table == "two-fragments":  # every frame in two fragments, found through the table
-        ds.PixelData = encapsulate(frames, fragments_per_frame=2, has_bot=True)
+        ds.PixelData = encapsulate(jpegs, fragments_per_frame=2, has_bot=True)
     else:
-        ds.PixelData = encapsulate(frames, has_bot=table == "basic")
+        ds.PixelData = encapsulate(jpegs, has_bot=table == "basic")
     ds["PixelData"].is_undefined_length = True
     ds.SOPInstanceUID = generate_uid()
     buf = BytesIO()
@@ -207,3 +208,14 @@ def test_encapsulated_frames_found_through_the_offset_tables(
     got, by_range = _ranged_renders(services, uid)
     assert by_range == (table != "none")
     assert got == _whole_renders(data, 30)
+    # WADO-RS frames (OHIF asks for them one by one) as stored and uncompressed
+    if by_range:
+        def whole(_instance: object) -> bytes:
+            raise AssertionError("the whole object was read")
+
+        monkeypatch.setattr(services.retrieve, "read", whole)
+    inst = services.retrieve.instance(CLI, uid)
+    assert services.wado.frames(inst, [1, 17, 30], True) == [
+        pixel_frames.stored_frame(data, i) for i in (0, 16, 29)]
+    assert services.wado.frames(inst, [30, 2], False) == [
+        pixel_frames.uncompressed_frame(data, i) for i in (29, 1)]
