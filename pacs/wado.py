@@ -310,6 +310,7 @@ class WadoService:
         return frames.open_frame(self.retrieve.read_range(inst, 0, head), inst.size, index,
                                  lambda offset, length: self.retrieve.read_range(inst, offset, length))
 
+
 def _has_pixels(raw: bytes) -> bool:
     return b"\xe0\x7f\x10\x00" in raw[-(1 << 20):] or b"\x7f\xe0\x00\x10" in raw
 
