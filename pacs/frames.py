@@ -20,8 +20,10 @@ The archive keeps each object byte-for-byte as received, so a frame is found in 
 Frame indexes are 0-based here; WADO-RS frame numbers are 1-based. An index out of range raises
 :class:`~pacs.errors.NotFound`, an object without pixel data :class:`~pacs.errors.InvalidInput`.
 
-Only the header (up to the Pixel Data element) is parsed, with ``stop_before_pixels``; the
-pixel data is sliced from the stored bytes, never copied whole. Deflated objects (PS3.5 A.5)
+Only the header (up to the Pixel Data element) is parsed, straight from the bytes
+(:func:`pacs.dicom.header.pixel_header`) or by pydicom with ``stop_before_pixels``; the pixel
+data is sliced from the stored bytes, never copied whole. :func:`open_frame` opens one frame
+of a large object from its header and a ranged read of that frame alone. Deflated objects (PS3.5 A.5)
 are the exception: they are inflated once by ``dcmread``.
 """
 
@@ -105,7 +107,8 @@ class PixelSource:
     pixel_keyword: str
     pixel_vr: str | None
     number_of_frames: int
-    # a ranged read (:func:`open_frame`) holds one native frame, this one, at value_offset
+    # a ranged read (:func:`open_frame`) holds one frame, this one, at value_offset (native
+    # bytes, or encapsulated as the one fragment of a one-frame value)
     first_frame: int = 0
     ranged: bool = False
 
