@@ -9,10 +9,12 @@ unchanged (SHA-256 of the data set). For each transfer the server's peak residen
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.infra import free_port
 from tests.interop import dcmtk
@@ -129,12 +131,28 @@ def _wado(server: ArchiveProcess, obj: LargeObject, out: Path) -> None:
     out.unlink()
 
 
+def _rendered(server: ArchiveProcess, obj: LargeObject) -> None:
+    """A frame and the thumbnail of the object: its header and one frame read by range."""
+    base = (f"{server.http}/dicomweb/studies/{obj.study_uid}/series/{obj.series_uid}"
+            f"/instances/{obj.sop_instance_uid}")
+    frames = (obj.size - 4096) // (512 * 512 * 2)  # whole 512 x 512 16-bit frames
+    with Watch(server) as watch:
+        for url, size in ((f"{base}/frames/{frames}/rendered", (512, 512)),
+                          (f"{base}/thumbnail", (128, 128))):
+            response = httpx.get(url, timeout=TIMEOUT, headers={"Accept": "image/png"})
+            assert response.status_code == 200, response.text[:500]
+            image = Image.open(BytesIO(response.content))
+            assert (image.format, image.size) == ("PNG", size)
+    _check_growth("rendered", watch, obj)
+
+
 def test_large_object_streams_through_dimse_and_dicomweb(
         server: ArchiveProcess, large: LargeObject, dcmtk_env: dict[str, str],
         tmp_path: Path) -> None:
     _store_scu(server, large, dcmtk_env)
     _get_scu(server, large, dcmtk_env, tmp_path / "got")
     _wado(server, large, tmp_path / "wado.bin")
+    _rendered(server, large)
 
 
 def _multipart_body(obj: LargeObject, boundary: str) -> Iterator[bytes]:
