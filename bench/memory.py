@@ -1,8 +1,9 @@
 """Memory of the archive with one large multi-frame object (issue 3): DCMTK ``storescu`` sends a
-1 GiB object to ``pacs serve``, then it comes back by C-GET (``getscu``) and WADO-RS, and goes
-in again by STOW-RS, on the embedded pair and on PostgreSQL + S3 (SeaweedFS). For each transfer
-the server's resident memory before and its peak during (VmHWM, reset before each transfer) are
-reported, with the time taken and whether the data set came back unchanged (SHA-256).
+1 GiB object to ``pacs serve``, then it comes back by C-GET (``getscu``) and WADO-RS, one of
+its frames and its thumbnail are rendered, and it goes in again by STOW-RS, on the embedded
+pair and on PostgreSQL + S3 (SeaweedFS). For each transfer the server's resident memory
+before and its peak during (VmHWM, reset before each transfer) are reported, with the time
+taken and whether the data set came back unchanged (SHA-256).
 
 Not part of the test suite (``tests/e2e/test_large_objects.py`` checks the same with 256 MiB).
 Run: ``.venv/bin/python bench/memory.py [--size-mib 1024] [--backends embedded,production]``;
@@ -117,6 +118,18 @@ def stow_rs(server: ArchiveProcess, obj: LargeObject) -> bool:
     return response.status_code == 200  # an identical resend: "already stored"
 
 
+def rendered(server: ArchiveProcess, obj: LargeObject) -> bool:
+    """The last frame rendered and the thumbnail (each read from the object by range)."""
+    base = (f"{server.http}/dicomweb/studies/{obj.study_uid}/series/{obj.series_uid}"
+            f"/instances/{obj.sop_instance_uid}")
+    last = obj.size // (512 * 512 * 2)  # whole 512 x 512 16-bit frames, the header under one
+    for url in (f"{base}/frames/{last}/rendered", f"{base}/thumbnail"):
+        response = httpx.get(url, timeout=TIMEOUT)
+        if response.status_code != 200 or not response.content.startswith(b"\xff\xd8"):
+            return False
+    return True
+
+
 def run_backend(name: str, env: dict[str, str], obj: LargeObject, work: Path) -> dict[str, Any]:
     print(f"{name}:", flush=True)
     server = ArchiveProcess(env, work / f"serve-{name}.log")
@@ -125,6 +138,7 @@ def run_backend(name: str, env: dict[str, str], obj: LargeObject, work: Path) ->
         rows = [measure(server, "C-STORE", lambda: store_scu(server, obj)),
                 measure(server, "C-GET", lambda: get_scu(server, obj, work / "got")),
                 measure(server, "WADO-RS", lambda: wado_rs(server, obj, work / "wado.bin")),
+                measure(server, "rendered", lambda: rendered(server, obj)),
                 measure(server, "STOW-RS", lambda: stow_rs(server, obj))]
     finally:
         server.stop()
