@@ -30,7 +30,7 @@ are the exception: they are inflated once by ``dcmread``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -319,14 +319,16 @@ def open_pixels(raw: bytes, *, pixel_data_offset: int | None = None,
 
 
 def open_frame(header: bytes, total: int, index: int | None,
-               read: Callable[[int, int], bytes]) -> PixelSource | None:
+               read: Callable[[int, int], bytes],
+               fragments: Sequence[tuple[int, int]] | None = None) -> PixelSource | None:
     """Frame ``index`` (None: the middle one, a thumbnail's) of a stored object opened from
     ``header``, the object's bytes up to its pixel data value (or a little more), and
     ``read(offset, length)``, which fetches byte ranges from storage (``total``: the
     object's size). A render of one frame of a 1 GB multi-frame object then reads a few
     hundred KB, not 1 GB. Native little endian frames are found by their size; encapsulated
-    ones through the Extended or the Basic Offset Table. None where the frame is not found
-    that way (1-bit, big endian or deflated data, encapsulated data without an offset
+    ones through the Extended or the Basic Offset Table, or ``fragments`` (what
+    :func:`frame_fragments` found in the whole object before). None where the frame is not
+    found that way (1-bit, big endian or deflated data, encapsulated data without an offset
     table, or one that does not fit): read the object whole."""
     ds, tsyntax, pos = _read_header(header)
     if tsyntax.is_deflated or not tsyntax.is_little_endian:
@@ -348,6 +350,8 @@ def open_frame(header: bytes, total: int, index: int | None,
         if not tsyntax.is_encapsulated:
             raise InvalidInput("undefined length pixel data in a native transfer syntax")
         fragment = _encapsulated_frame_bytes(ds, value_offset, total, frames, index, fetch)
+        if fragment is None and fragments is not None and len(fragments) == frames:
+            fragment = fetch(*fragments[index])
         if fragment is None:
             return None
         # the frame as the one fragment of a one-frame value: empty offset table, delimiter
@@ -403,6 +407,28 @@ def _encapsulated_frame_bytes(ds: Dataset, value_offset: int, total: int, frames
         pieces.append(data[pos + 8:pos + 8 + size])
         pos += 8 + size
     return None if last or pos != len(data) else b"".join(pieces)
+
+
+def frame_fragments(raw: bytes) -> list[tuple[int, int]] | None:
+    """(offset, length) in ``raw`` of each frame of an encapsulated multi-frame object with
+    one fragment per frame and no offset table (what :func:`open_frame` cannot find
+    alone); None for any other object. Only the items' headers are read."""
+    source = open_pixels(raw)
+    if not source.encapsulated or source.number_of_frames < 2:
+        return None
+    item, bot_length = struct.unpack_from("<4sI", raw, source.value_offset)
+    if item != _ITEM_LE:
+        return None
+    pos, found = source.value_offset + 8 + bot_length, []
+    while pos + 8 <= len(raw):
+        tag, size = struct.unpack_from("<4sI", raw, pos)
+        if tag == _SEQUENCE_END_LE:
+            return found if len(found) == source.number_of_frames else None
+        if tag != _ITEM_LE or pos + 8 + size > len(raw):
+            return None
+        found.append((pos + 8, size))
+        pos += 8 + size
+    return None
 
 
 def frame_count(raw: bytes) -> int:

@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 RANGED_RENDER_BYTES = 4 << 20  # objects rendered from a ranged read of the frame, not read whole
+FRAGMENT_TABLES = 4096  # objects whose frame fragments are remembered (see WadoService._fragments)
 PRECOMPUTE_BATCH = 200  # instances whose metadata is written in one transaction
 PRECOMPUTE_GATHER = 0.2  # seconds to wait for more stored instances before writing a batch
 PRECOMPUTE_IDLE = 0.5  # seconds without a store before metadata is precomputed
@@ -56,6 +58,11 @@ class WadoService:
     _worker: threading.Thread | None = field(default=None, init=False, repr=False)
     _last_store: float = field(default=0.0, init=False, repr=False)
     _stopping: bool = field(default=False, init=False, repr=False)
+    # storage key -> where each frame's fragment lies, for encapsulated objects without an
+    # offset table (found when one was read whole; then its frames are read by range)
+    _fragments: OrderedDict[str, list[tuple[int, int]]] = field(
+        default_factory=OrderedDict, init=False, repr=False)
+    _fragments_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def start_precompute(self, max_pending: int = 10_000) -> None:
         """Compute each new instance's metadata in the background, after its store was
@@ -236,6 +243,7 @@ class WadoService:
                 return [frames.source_frame(source, n - 1, stored=stored)
                         for source, n in zip(sources, numbers, strict=True)]
         raw = self.retrieve.read(inst)
+        self._learn_fragments(inst, raw)
         out = []
         for n in numbers:
             if stored:
@@ -287,10 +295,11 @@ class WadoService:
         if source is not None:
             data = render.render_source(
                 source, render.thumbnail_options(options) if thumbnail else options)
-        elif index is None:
-            data = render.render_thumbnail(self.retrieve.read(inst), options)
         else:
-            data = render.render_frame(self.retrieve.read(inst), index, options)
+            raw = self.retrieve.read(inst)
+            self._learn_fragments(inst, raw)
+            data = (render.render_thumbnail(raw, options) if index is None
+                    else render.render_frame(raw, index, options))
         self.render_cache.put(inst.sop_instance_uid, frame_key, options, data)
         return data
 
@@ -307,8 +316,31 @@ class WadoService:
         head = inst.pixel_data_offset
         if inst.pixel_data_length is None:  # encapsulated: its Basic Offset Table in the same read
             head = min(inst.size, head + 8 + 4 * max(inst.number_of_frames, 1))
+        with self._fragments_lock:
+            fragments = self._fragments.get(inst.storage_key)
         return frames.open_frame(self.retrieve.read_range(inst, 0, head), inst.size, index,
-                                 lambda offset, length: self.retrieve.read_range(inst, offset, length))
+                                 lambda offset, length: self.retrieve.read_range(inst, offset, length),
+                                 fragments)
+
+    def _learn_fragments(self, inst: StoredInstance, raw: bytes) -> None:
+        """After a large encapsulated object was read whole (no offset table): remember
+        where its frames lie, so that its next frames (a viewer's cine loop asks for them one
+        by one) are read by range. Keyed by storage key: a replaced object has a new one."""
+        from pacs import frames
+
+        if (inst.size < RANGED_RENDER_BYTES or inst.pixel_data_length is not None
+                or inst.number_of_frames < 2):
+            return
+        try:
+            found = frames.frame_fragments(raw)
+        except (InvalidInput, NotFound):
+            return
+        if found is None:
+            return
+        with self._fragments_lock:
+            self._fragments[inst.storage_key] = found
+            while len(self._fragments) > FRAGMENT_TABLES:
+                self._fragments.popitem(last=False)
 
 
 def _has_pixels(raw: bytes) -> bool:

@@ -188,7 +188,8 @@ def test_every_bundled_file_renders_alike_read_by_range(
 def test_encapsulated_frames_found_through_the_offset_tables(
         services: Services, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
     """A 30-frame JPEG object re-encapsulated with each kind of offset table: the ranged
-    render equals the whole one; without a table the object is read whole."""
+    render equals the whole one; without a table the object is read whole the first time,
+    by range afterwards (one fragment per frame, found then)."""
     _force_ranged(monkeypatch)
     ds = pydicom.dcmread(get_testdata_files("examples_ybr_color.dcm")[0])
     jpegs = list(generate_frames(ds.PixelData, number_of_frames=30))
@@ -208,14 +209,37 @@ def test_encapsulated_frames_found_through_the_offset_tables(
     got, by_range = _ranged_renders(services, uid)
     assert by_range == (table != "none")
     assert got == _whole_renders(data, 30)
-    # WADO-RS frames (OHIF asks for them one by one) as stored and uncompressed
-    if by_range:
-        def whole(_instance: object) -> bytes:
-            raise AssertionError("the whole object was read")
+    if table == "none":  # read whole once: where its frames lie is known from then on
+        got, by_range = _ranged_renders(services, uid)
+        assert by_range and got == _whole_renders(data, 30)
 
-        monkeypatch.setattr(services.retrieve, "read", whole)
+    def whole(_instance: object) -> bytes:
+        raise AssertionError("the whole object was read")
+
+    # WADO-RS frames (OHIF asks for them one by one) as stored and uncompressed
+    monkeypatch.setattr(services.retrieve, "read", whole)
     inst = services.retrieve.instance(CLI, uid)
     assert services.wado.frames(inst, [1, 17, 30], True) == [
         pixel_frames.stored_frame(data, i) for i in (0, 16, 29)]
     assert services.wado.frames(inst, [30, 2], False) == [
         pixel_frames.uncompressed_frame(data, i) for i in (29, 1)]
+
+
+def test_frames_split_over_fragments_without_a_table_are_read_whole(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an offset table, two fragments per frame cannot be told apart by their
+    headers: such an object is read whole every time (pydicom splits it at JPEG markers)."""
+    _force_ranged(monkeypatch)
+    ds = pydicom.dcmread(get_testdata_files("examples_ybr_color.dcm")[0])
+    jpegs = list(generate_frames(ds.PixelData, number_of_frames=30))
+    ds.PixelData = encapsulate(jpegs, fragments_per_frame=2, has_bot=False)
+    ds["PixelData"].is_undefined_length = True
+    ds.SOPInstanceUID = generate_uid()
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    assert pixel_frames.frame_fragments(data) is None
+    uid = services.ingest.store_instance(CLI, data).sop_instance_uid
+    for _ in range(2):
+        got, by_range = _ranged_renders(services, uid)
+        assert not by_range and got == _whole_renders(data, 30)
