@@ -159,15 +159,23 @@ def report_orthanc_load(target: Target, n: int, done: threading.Event,
               flush=True)
 
 
-def ingest_in_process(data_dir: Path, files: list[Path], threads: int = 2) -> float:
-    """Load files through the archive's ingest service (what ``pacs import`` does)."""
+def ingest_in_process(data_dir: Path, files: list[Path], threads: int = 2,
+                      progress: Path | None = None) -> float:
+    """Load files through the archive's ingest service (what ``pacs import`` does).
+
+    ``progress``: a file holding how many of ``files`` (in order) are in already; written
+    after each batch of 10,000, so a load cut short goes on from its last whole batch."""
     from pacs.config import load_settings
     from pacs.context import Caller
     from pacs.services import build_services
 
     services = build_services(load_settings({}, data_dir=data_dir, precompute_metadata=False))
     caller = Caller.cli("bench")
-    done = 0
+    first = 0
+    if progress is not None and progress.exists():
+        first = min(int(progress.read_text() or 0), len(files))
+        print(f"  archive: {first} loaded before, going on from there", flush=True)
+    done = first
     lock = threading.Lock()
     t0 = time.perf_counter()
 
@@ -177,13 +185,14 @@ def ingest_in_process(data_dir: Path, files: list[Path], threads: int = 2) -> fl
         with lock:
             done += 1
             if done % 5000 == 0:
-                print(f"  archive: {done}/{len(files)} ({done / (time.perf_counter() - t0):.0f}/s)",
-                      flush=True)
-
+                rate = (done - first) / (time.perf_counter() - t0)
+                print(f"  archive: {done}/{len(files)} ({rate:.0f}/s)", flush=True)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            for start in range(0, len(files), 10_000):  # not a million futures at once
+            for start in range(first, len(files), 10_000):  # not a million futures at once
                 list(pool.map(one, files[start:start + 10_000]))
+                if progress is not None:
+                    progress.write_text(str(min(start + 10_000, len(files))))
     finally:
         services.close()
     return time.perf_counter() - t0
@@ -311,9 +320,8 @@ def load(work: Path, seed: int, n: int) -> None:
         step("orthanc").touch()
     if (work / "pacs").exists():
         print("  archive: resuming a load cut short", flush=True)
-    secs = ingest_in_process(work / "pacs", files)
-    print(f"  archive: {n} studies via IngestService x2 in {secs:.0f} s ({n / secs:.0f}/s)",
-          flush=True)
+    secs = ingest_in_process(work / "pacs", files, progress=step("archive"))
+    print(f"  archive: {n} studies via IngestService x2 in {secs:.0f} s", flush=True)
     retrieve = work / "retrieve"
     shutil.rmtree(retrieve, ignore_errors=True)
     retrieve.mkdir()
@@ -323,8 +331,8 @@ def load(work: Path, seed: int, n: int) -> None:
         ds.save_as(retrieve / f"{i:03d}.dcm", enforce_file_format=True)
     shutil.rmtree(work / "files")
     marker.touch()
-    for name in ("generated", "orthanc"):
-        step(name).unlink()
+    for name in ("generated", "orthanc", "archive"):
+        step(name).unlink(missing_ok=True)
 
 
 def load_retrieve_study(targets: list[Target], folder: Path, study: Any) -> None:
