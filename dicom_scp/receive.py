@@ -9,7 +9,9 @@ set buffer of each C-STORE request, per association, for a :class:`ReceivedDatas
 Meta Information (PS3.10 7.1) is written first, then the fragments as they arrive; up to
 ``in_memory`` bytes stay in memory, beyond that the spool rolls over to an anonymous
 temporary file (unlinked from the start, so nothing is left behind on any path, even a kill)
-in the archive's temp folder (``<data dir>/tmp``). The C-STORE responses are encoded here too
+in the archive's temp folder (``<data dir>/tmp``). A data set written to the store as it
+arrives (``pacs.ingest.Staging``, the folder store) does not roll over: past ``in_memory``
+it is only in the store's file, and read back from there. The C-STORE responses are encoded here too
 (:func:`_fast_store_responses`).
 """
 
@@ -26,8 +28,10 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
+import storage
 from dicom_scp import wire
 from pacs.dicom.header import file_meta_bytes
+from pacs.errors import PacsError, StorageFull, StorageUnavailable
 
 if TYPE_CHECKING:
     from pacs.ingest import Staging
@@ -41,8 +45,10 @@ class ReceivedDataset(BytesIO):
 
     Up to ``in_memory`` bytes are kept as the received pieces (joined once, by
     :meth:`part10`); beyond that everything goes to an anonymous temporary file in
-    ``tmp_dir``. A ``BytesIO`` subclass only because pynetdicom's primitives accept nothing
-    else; the base buffer stays empty.
+    ``tmp_dir``, unless the object is being written to the store as it arrives
+    (``staging``): then nothing more is kept here and :meth:`part10` reads the object back
+    from the store's file (its bytes go to disk once). A ``BytesIO`` subclass only because
+    pynetdicom's primitives accept nothing else; the base buffer stays empty.
     """
 
     def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1,
@@ -51,6 +57,11 @@ class ReceivedDataset(BytesIO):
         self._pieces: list[bytes] = [meta]
         # the object also written to the store as it arrives, while it is held in memory
         self.staging = staging
+        self._in_store = False  # too big for memory: only in the store (``staging``)
+        self._reader: BinaryIO | None = None  # the staged object read back, once asked for
+        # staging failed once the object was only in the store: the rest is dropped and the
+        # store answers this error (the modality can send again)
+        self.failure: PacsError | None = None
         if staging is not None:
             self._stage(meta)
         self._file: BinaryIO | None = None
@@ -67,6 +78,9 @@ class ReceivedDataset(BytesIO):
         return 0 <= self.limit < self.received
 
     def write(self, data: Any) -> int:
+        """Append a fragment. A fragment written to the store may be kept by reference until
+        it is written (up to ``pacs.ingest.STAGE_FLUSH`` bytes): callers pass buffers they do
+        not change afterwards (the inbound reader's are fresh for each PDU)."""
         size = len(data)
         self.received += size
         if self.too_large:
@@ -79,8 +93,19 @@ class ReceivedDataset(BytesIO):
                     self._pieces = self._pieces[:1]
                 self._size = self.meta_length
             return size
+        if self.failure is not None:
+            return size
+        if self._in_store:
+            self._stage(data)
+            self._size += size
+            return size
         if self._file is None and self._size + size > self.in_memory:
-            self._unstage()  # a big object takes the streaming path
+            if self.staging is not None:  # already in the store: read back from there
+                self._pieces = self._pieces[:1]
+                self._in_store = True
+                self._stage(data)
+                self._size += size
+                return size
             self._file = cast(BinaryIO, tempfile.TemporaryFile(dir=self.tmp_dir))
             self._file.writelines(self._pieces)
             self._pieces = []
@@ -99,8 +124,14 @@ class ReceivedDataset(BytesIO):
         try:
             self.staging.write(piece)
         except Exception as exc:  # noqa: BLE001 - the store path reports storage errors
-            log.debug("writing a received object as it arrives failed: %s", exc)
             self._unstage()
+            if not self._in_store:  # still whole in memory: the plain path stores it
+                log.debug("writing a received object as it arrives failed: %s", exc)
+                return
+            log.error("writing a received object to the store failed: %s", exc)
+            full = isinstance(exc, storage.StorageFull)
+            self.failure = (StorageFull if full else StorageUnavailable)(
+                f"storage {'full' if full else 'unavailable'}: {exc}")
 
     def _unstage(self) -> None:
         if self.staging is not None:
@@ -113,7 +144,21 @@ class ReceivedDataset(BytesIO):
         return self._size
 
     def part10(self) -> bytes | BinaryIO:
-        """The Part 10 file: its bytes when small, else the spool file at offset 0."""
+        """The Part 10 file: its bytes when small, else a stream at offset 0 (the spool
+        file, or the object read back from the store). Raises a storage error (the
+        archive's) when the object cannot be read back."""
+        if self.failure is not None:
+            raise self.failure
+        if self._in_store:
+            if self._reader is None:
+                assert self.staging is not None
+                try:
+                    self._reader = self.staging.open_reader()
+                except storage.StorageError as exc:
+                    raise StorageUnavailable(f"cannot read the received object back: {exc}") \
+                        from exc
+            self._reader.seek(0)
+            return self._reader
         if self._file is not None:
             self._file.seek(0)
             return self._file
@@ -132,8 +177,9 @@ class ReceivedDataset(BytesIO):
 
     def close(self) -> None:
         self._unstage()  # nothing if the store committed it
-        if self._file is not None:
-            self._file.close()
+        for stream in (self._file, self._reader):
+            if stream is not None:
+                stream.close()
         self._pieces = []
         super().close()
 

@@ -10,13 +10,16 @@ ever written (with S3 behind the spool it would be uploaded). A C-STORE data set
 be written while it arrives (:class:`Staging`, when the store can: the folder store): a
 hidden temporary file whose pages go to disk as the PDUs come in, hashed on the way,
 committed under its key (fsync, rename) only once the header is valid, else removed; the
-fsync that makes it durable then finds the data written.
+fsync that makes it durable then finds the data written. A staged object too big to keep
+in memory is read back from that file (header, comparison with a stored duplicate): its
+bytes go to disk once, not through a spool file and a copy.
 
 Duplicates (docs/adr/0002-duplicates.md): the same SOP Instance UID with the same bytes is an
 idempotent success (``ALREADY_STORED``, nothing kept: a small object is written, found to be
-a duplicate by the index insert, and removed; one above 16 MiB is looked up first), once
-the stored copy is found whole (its SHA-256 recomputed): a lost or damaged one is replaced
-by the resend (``REPAIRED``). With different bytes it is refused
+a duplicate by the index insert, and removed; one above 16 MiB is looked up first unless
+it was written as it arrived), once the stored copy is found whole (its SHA-256
+recomputed): a lost or damaged one is replaced by the resend (``REPAIRED``). With
+different bytes it is refused
 (:class:`DuplicateConflict`) under the default policy ``reject``, or replaces the stored
 object under ``overwrite``.
 """
@@ -103,6 +106,12 @@ class Staging:
             pieces, self._pending, self._pending_size = self._pending, [], 0
             self._staged.write(pieces)
 
+    def open_reader(self) -> BinaryIO:
+        """A stream of the object written so far, from its first byte (the caller closes
+        it). Raises a storage error."""
+        self._flush()
+        return self._staged.open_reader()
+
     def commit(self) -> str:
         """Make the object durable under :attr:`key`; its SHA-256."""
         self._flush()
@@ -175,12 +184,11 @@ class IngestService:
         the object's start with ``length`` bytes (-1: up to its end). A stream or file is never
         read whole into memory: the header is parsed from its head, the SHA-256 computed while
         the store writes it, a duplicate compared chunk by chunk. ``staging``: the same bytes
-        (``part10`` in memory) already written to the store as they arrived (committed here
-        once the header is valid, aborted otherwise).
+        (``part10`` in memory, or :meth:`Staging.open_reader`) already written to the store as
+        they arrived (committed here once the header is valid, aborted otherwise).
         """
         with open_source(part10, length) as source:
-            if staging is not None and (source.data is None or source.length > LOOKUP_FIRST
-                                        or staging.length != source.length):
+            if staging is not None and staging.length != source.length:
                 staging.abort()  # not what it was made for: the plain path
                 staging = None
             try:

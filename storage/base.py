@@ -140,6 +140,11 @@ class Staged(Protocol):
         """Append ``pieces``; the store may start writing them to disk at once."""
         ...
 
+    def open_reader(self) -> BinaryIO:
+        """A new read-only stream of everything written so far, from its first byte (the
+        caller closes it; it stays readable after commit). Raises a storage error."""
+        ...
+
     def commit(self) -> None:
         """Make the object durable under its key (as ``put``); raises a storage error."""
         ...

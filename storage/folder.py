@@ -386,6 +386,14 @@ class StagedFile:
             _start_writeback(self._fd, self._written, total)  # a hint: errors come at fsync
         self._written += total
 
+    def open_reader(self) -> BinaryIO:
+        if self._done:
+            raise StorageUnavailable(f"{self._what}: already committed or aborted")
+        try:
+            return open(self._temp, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise map_os_error(exc, self._what) from exc
+
     def commit(self) -> None:
         if self._done:
             raise StorageUnavailable(f"{self._what}: already committed or aborted")

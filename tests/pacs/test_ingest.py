@@ -453,6 +453,29 @@ def test_staged_resend_is_idempotent(services: Services) -> None:
     assert staged_leftovers(services.store) == []
 
 
+def test_staged_object_read_back_from_the_store(services: Services,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged object too big for memory: the ingest reads it back from its staged file
+    (header, the comparison of a resend) and never writes it again."""
+    raw = testdata("MR_small.dcm").read_bytes()
+    puts: list[str] = []
+    put = services.store.put
+    monkeypatch.setattr(services.store, "put", lambda key, *a, **k: puts.append(key) or put(key, *a, **k))
+    statuses = []
+    for _ in range(2):
+        staging = _staged(services, raw)
+        with staging.open_reader() as stream:
+            statuses.append(services.ingest.store_instance(CLI, stream, staging=staging).status)
+    assert statuses == [StoreStatus.STORED, StoreStatus.ALREADY_STORED]
+    assert puts == [] and len(_objects(services)) == 1 and _count(services, Instance) == 1
+    assert services.store.get(_objects(services)[0]) == raw
+    other = raw[:-1] + bytes([raw[-1] ^ 0xFF])  # same UIDs, other pixels: refused
+    staging = _staged(services, other)
+    with staging.open_reader() as stream, pytest.raises(DuplicateConflict):
+        services.ingest.store_instance(CLI, stream, staging=staging)
+    assert len(_objects(services)) == 1 and staged_leftovers(services.store) == []
+
+
 def test_staging_that_does_not_match_takes_the_plain_path(services: Services) -> None:
     """A staging with other bytes than the object (not what it was made for) is dropped."""
     raw = testdata("CT_small.dcm").read_bytes()
