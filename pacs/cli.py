@@ -260,15 +260,24 @@ def _files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _read_files(files: list[Path]) -> Iterator[tuple[str, bytes | Exception]]:
+IMPORT_IN_MEMORY = 16 << 20  # larger files are streamed from disk, never read whole
+
+
+def _read_files(files: list[Path]) -> Iterator[tuple[str, bytes | Path | Exception]]:
+    """Each file's bytes, or its path when larger than :data:`IMPORT_IN_MEMORY` (a 2 GB
+    whole-slide image is streamed by the ingest: header from its head, hashed and copied
+    in chunks)."""
     for path in files:
         try:
-            yield str(path), path.read_bytes()
+            if path.stat().st_size > IMPORT_IN_MEMORY:
+                yield str(path), path
+            else:
+                yield str(path), path.read_bytes()
         except OSError as exc:
             yield str(path), exc
 
 
-def _import_datasets(services, items: Iterator[tuple[str, bytes | Exception]], label: str,  # type: ignore[no-untyped-def]
+def _import_datasets(services, items: Iterator[tuple[str, bytes | Path | Exception]], label: str,  # type: ignore[no-untyped-def]
                      total: int | None = None) -> Counter[str]:
     caller = Caller.cli(label)
     counts: Counter[str] = Counter()

@@ -310,3 +310,26 @@ def test_db_commands(tmp_path: Path) -> None:
                              timeout=60)
     database, code = current.stdout.strip().split(";")
     assert database.split(":")[1].strip() == code.split(":")[1].strip()
+
+
+def test_import_streams_a_large_file(tmp_path: Path) -> None:
+    """A file over the import's in-memory size is streamed: the importing process stays far
+    below the object's size, and the object is stored byte for byte."""
+    from tests.large_object import dataset_sha256, write_multiframe
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    obj = write_multiframe(folder / "large.dcm", 400 << 20, seed=7)
+    # a parent of its own, so that the peak is the import's alone
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", measure, PACS, "import", str(folder)],
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "stored 1," in result.stderr
+    peak_mib = int(result.stdout.split()[-1]) >> 10
+    assert peak_mib < 250, f"the import grew to {peak_mib} MiB for a 400 MiB object"
+    [stored] = [p for p in (tmp_path / "data" / "objects").rglob("*.dcm")]
+    assert stored.stat().st_size == obj.path.stat().st_size
+    assert dataset_sha256(stored) == obj.dataset_sha256
