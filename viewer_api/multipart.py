@@ -4,15 +4,22 @@ body in memory)."""
 
 from __future__ import annotations
 
+import io
+import logging
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, cast
 
 from python_multipart.multipart import MultipartParser
 
 from viewer_api.errors import UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from pacs.ingest import Staging
+
+log = logging.getLogger(__name__)
 
 SPOOL_IN_MEMORY = 8 << 20
 FLUSH_AT = 1 << 20  # bytes of a multipart answer gathered before they are sent
@@ -95,21 +102,65 @@ class TooLarge:
         self.size = size
 
 
+class StagedPart:
+    """A part too big for memory, written to the store as it arrived (``pacs.ingest.Staging``,
+    the folder store) instead of a temporary file: the ingest reads it back from there
+    (:meth:`open`) and commits it, so its bytes go to disk once. ``failure``: the store
+    failed while it arrived (the rest was dropped)."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.staging: Staging | None = staging
+        self.failure: Exception | None = None
+        self._stream: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.staging is None:
+            return
+        try:
+            self.staging.write(data)
+        except Exception as exc:  # noqa: BLE001 - reported as this part's failure
+            log.error("writing an uploaded part to the store failed: %s", exc)
+            self.failure = exc
+            self.staging.abort()
+            self.staging = None
+
+    def open(self) -> IO[bytes]:
+        """The part's bytes from the first; raises the store's error."""
+        if self.failure is not None:
+            raise self.failure
+        assert self.staging is not None
+        if self._stream is None:
+            self._stream = cast(IO[bytes], self.staging.open_reader())
+        self._stream.seek(0)
+        return self._stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self.staging is not None:
+            self.staging.abort()  # nothing once committed
+
+
+Body = IO[bytes] | TooLarge | StagedPart
+
+
 class _Collector:
-    def __init__(self, tmp_dir: Path | None, max_part_size: int) -> None:
-        self.parts: list[tuple[dict[str, str], IO[bytes] | TooLarge]] = []
+    def __init__(self, tmp_dir: Path | None, max_part_size: int,
+                 stage: Callable[[], Staging | None] | None) -> None:
+        self.parts: list[tuple[dict[str, str], Body]] = []
         self._headers: dict[str, str] = {}
         self._field = b""
         self._value = b""
-        self._file: IO[bytes] | None = None
+        self._file: IO[bytes] | StagedPart | None = None
         self._size = 0
         self._tmp_dir = tmp_dir
         self._max = max_part_size
+        self._stage = stage
 
     def on_part_begin(self) -> None:
         self._headers = {}
         self._size = 0
-        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self._tmp_dir)
+        self._file = io.BytesIO()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
@@ -119,13 +170,27 @@ class _Collector:
             self._file.close()
             self._file = None
             return
+        if isinstance(self._file, io.BytesIO) and self._size > SPOOL_IN_MEMORY:
+            self._roll_over()
         self._file.write(data[start:end])
+
+    def _roll_over(self) -> None:
+        """Past ``SPOOL_IN_MEMORY``: to the store as it arrives if it can, else to a file."""
+        assert isinstance(self._file, io.BytesIO)
+        held = self._file.getvalue()
+        staging = self._stage() if self._stage is not None else None
+        if staging is not None:
+            self._file = StagedPart(staging)
+        else:
+            self._file = cast(IO[bytes], tempfile.TemporaryFile(dir=self._tmp_dir))
+        self._file.write(held)
 
     def on_part_end(self) -> None:
         if self._file is None:
             self.parts.append((self._headers, TooLarge(self._size)))
             return
-        self._file.seek(0)
+        if not isinstance(self._file, StagedPart):
+            self._file.seek(0)
         self.parts.append((self._headers, self._file))
         self._file = None
 
@@ -148,20 +213,21 @@ class _Collector:
 
 
 async def read_parts(content_type: str, body: AsyncIterator[bytes], tmp_dir: Path | None = None,
-                     max_part_size: int = -1
-                     ) -> list[tuple[dict[str, str], IO[bytes] | TooLarge]]:
+                     max_part_size: int = -1, stage: Callable[[], Staging | None] | None = None
+                     ) -> list[tuple[dict[str, str], Body]]:
     """The parts of a multipart/related body: (headers, file positioned at 0) each.
 
     Each part is spooled while the body is parsed: in memory up to ``SPOOL_IN_MEMORY`` bytes,
-    then in an anonymous temporary file in ``tmp_dir``. A part longer than ``max_part_size``
-    (-1: no limit) is discarded as it arrives and listed as :class:`TooLarge`. The caller
-    closes the files."""
+    then written to the store as it arrives when ``stage`` gives a staging (a
+    :class:`StagedPart`), else to an anonymous temporary file in ``tmp_dir``. A part longer
+    than ``max_part_size`` (-1: no limit) is discarded as it arrives and listed as
+    :class:`TooLarge`. The caller closes the bodies."""
     media, params = parse_content_type(content_type)
     if media != "multipart/related" or "boundary" not in params:
         raise UnsupportedMediaType("expected multipart/related with a boundary")
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
-    collector = _Collector(tmp_dir, max_part_size)
+    collector = _Collector(tmp_dir, max_part_size, stage)
     callbacks = {name: getattr(collector, name) for name in (
         "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
         "on_header_end")}
