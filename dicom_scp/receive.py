@@ -11,8 +11,8 @@ Meta Information (PS3.10 7.1) is written first, then the fragments as they arriv
 temporary file (unlinked from the start, so nothing is left behind on any path, even a kill)
 in the archive's temp folder (``<data dir>/tmp``). A data set written to the store as it
 arrives (``pacs.ingest.Staging``, the folder store) does not roll over: past ``in_memory``
-it is only in the store's file, and read back from there. The C-STORE responses are encoded here too
-(:func:`_fast_store_responses`).
+it is only in the store's file, and read back from there. The C-STORE responses are
+encoded here too (:func:`_fast_store_responses`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ReceivedDataset(BytesIO):
                  staging: Staging | None = None) -> None:
         super().__init__()
         self._pieces: list[bytes] = [meta]
-        # the object also written to the store as it arrives, while it is held in memory
+        # the object also written to the store as it arrives (past ``in_memory``, only there)
         self.staging = staging
         self._in_store = False  # too big for memory: only in the store (``staging``)
         self._reader: BinaryIO | None = None  # the staged object read back, once asked for
@@ -85,6 +85,7 @@ class ReceivedDataset(BytesIO):
         self.received += size
         if self.too_large:
             self._unstage()
+            self._in_store = False
             if self._size > self.meta_length:  # give the memory or disk space back at once
                 if self._file is not None:
                     self._file.truncate(self.meta_length)
