@@ -66,7 +66,8 @@ docs: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-## bench: C-STORE ingest vs DCMTK storescp and Orthanc; DICOMweb latency vs Orthanc's plugin;
+## bench: C-STORE ingest vs DCMTK storescp and Orthanc (CT slices, then large objects);
+## DICOMweb latency vs Orthanc's plugin;
 ## C-FIND/QIDO-RS over 10k studies and C-MOVE/C-GET/WADO-RS of a 100-slice study vs Orthanc;
 ## server memory while a 1 GiB object goes in and out (C-STORE, C-GET, WADO-RS, STOW-RS)
 ## (100k studies: make bench-scale)
@@ -75,6 +76,7 @@ bench: $(TEST_STAMP) system-deps
 	@command -v Orthanc >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null; } || true
 	@command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc-dicomweb >/dev/null; } || true
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/large.py
 	$(BIN)/python bench/dicomweb.py
 	$(BIN)/python bench/query.py $(BENCH_QUERY_ARGS)
 	$(BIN)/python bench/memory.py
