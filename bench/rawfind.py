@@ -62,18 +62,29 @@ def identifier(keys: dict[str, str]) -> bytes:
     return out.getvalue()
 
 
+# an association idle this long is replaced before the next query (untimed): SCPs close
+# idle ones (Orthanc's DicomScpTimeout: 30 s), and at 1M studies the other tools' queries
+# between two of ours take longer than that
+IDLE_RECONNECT = 20.0
+
+
 class RawFind:
     """One association to a C-FIND SCP, queried again and again."""
 
     def __init__(self, host: str, port: int, calling: str, called: str) -> None:
-        self._sock = socket.create_connection((host, port), timeout=600)
+        self._address, self._calling, self._called = (host, port), calling, called
+        self._message_id = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self._sock = socket.create_connection(self._address, timeout=1800)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.sendall(_associate_rq(calling, called))
+        self._sock.sendall(_associate_rq(self._calling, self._called))
         kind, body = self._read_pdu()
         if kind != 0x02:
-            raise RuntimeError(f"association refused by {called} (PDU type {kind:#04x})")
+            raise RuntimeError(f"association refused by {self._called} (PDU type {kind:#04x})")
         self._check_context(body)
-        self._message_id = 0
+        self._last = time.monotonic()
 
     def _check_context(self, body: bytes) -> None:
         pos = 68  # after the fixed fields of an A-ASSOCIATE-AC (PS3.8 9.3.3)
@@ -103,6 +114,9 @@ class RawFind:
     def find(self, keys: dict[str, str]) -> tuple[float, int]:
         """(milliseconds from the request's first byte to the final response's last byte,
         number of pending responses)."""
+        if time.monotonic() - self._last > IDLE_RECONNECT:
+            self.close()
+            self._connect()
         self._message_id = self._message_id % 0xFFFF + 1
         command = wire.command_set(CommandField=0x0020, MessageID=self._message_id,
                                    AffectedSOPClassUID=STUDY_ROOT_FIND, Priority=0,
@@ -129,6 +143,7 @@ class RawFind:
                             pending += 1
                         else:
                             elapsed = (time.perf_counter() - t0) * 1000
+                            self._last = time.monotonic()
                             if status != 0:
                                 raise RuntimeError(f"C-FIND failed: status {status:#06x}")
                             return elapsed, pending
