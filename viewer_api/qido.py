@@ -62,7 +62,8 @@ def _parse(request: Request, level: Level, fixed: dict[str, str]) -> tuple[Query
         for kw, value in filters.items():
             if ATTRIBUTES[kw].vr == "PN" and value and not value.endswith("*"):
                 filters[kw] = value + "*"
-    limit = MAX_RESULTS if limit is None else min(limit, MAX_RESULTS)
+    # past the cap, one match more is asked for: it tells whether there are more (Warning)
+    limit = MAX_RESULTS + 1 if limit is None or limit > MAX_RESULTS else limit
     return QueryRequest(level, filters, include, limit, offset), ignored, fuzzy
 
 
@@ -133,10 +134,16 @@ def _search(services: Any, caller: Any, base: str, request: Request, level: Leve
             fixed: dict[str, str]) -> Response:
     check_uids(*fixed.values())
     query, ignored, _ = _parse(request, level, fixed)
-    body = _results(services.query.search(caller, query), base, level)
-    headers = {}
+    matches = list(services.query.search(caller, query))
+    warnings = []
+    if len(matches) > MAX_RESULTS:  # PS3.18 8.3.4.4: the first matches, and a warning
+        del matches[MAX_RESULTS:]
+        warnings.append(f'299 MINIPACS "There are more than {MAX_RESULTS} matches: the first '
+                        f'{MAX_RESULTS} are returned; narrow the query or page with offset"')
+    body = _results(matches, base, level)
     if ignored:
-        headers["Warning"] = f'299 MINIPACS "The following attributes were ignored: {",".join(ignored)}"'
+        warnings.append(f'299 MINIPACS "The following attributes were ignored: {",".join(ignored)}"')
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
     return Response(orjson.dumps(body), media_type=DICOM_JSON, headers=headers)
 
 

@@ -62,6 +62,33 @@ def test_qido_studies_matching_and_json(client: TestClient, services: Services) 
     assert client.get(f"{ROOT}/studies", params={"limit": 1}).json().__len__() == 1
 
 
+def test_qido_past_the_result_cap_warns_and_pages(client: TestClient, services: Services,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """More matches than the server returns at once: the first ones and a Warning 299
+    (PS3.18 8.3.4.4); the rest by offset. A limit under the cap is exact, no warning."""
+    import viewer_api.qido
+    from pacs.demo import generate_bulk
+
+    for ds in generate_bulk(7, 3, 1):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        services.ingest.store_instance(CLI, buf.getvalue())
+    monkeypatch.setattr(viewer_api.qido, "MAX_RESULTS", 2)
+    for params in ({}, {"limit": 5}):
+        r = client.get(f"{ROOT}/studies", params=params)
+        assert r.status_code == 200 and len(r.json()) == 2
+        assert "more than 2 matches" in r.headers["warning"]
+    first = {s["0020000D"]["Value"][0] for s in r.json()}
+    r = client.get(f"{ROOT}/studies", params={"offset": 2})
+    assert len(r.json()) == 1 and "warning" not in r.headers
+    assert r.json()[0]["0020000D"]["Value"][0] not in first
+    r = client.get(f"{ROOT}/studies", params={"limit": 2})
+    assert len(r.json()) == 2 and "warning" not in r.headers
+    r = client.get(f"{ROOT}/studies", params={"PatientWeight": "70"})  # not indexed: ignored
+    assert r.status_code == 200 and len(r.json()) == 2
+    assert r.headers["warning"].count("299 MINIPACS") == 2 and "PatientWeight" in r.headers["warning"]
+
+
 def test_qido_bad_parameters_are_400(client: TestClient) -> None:
     for params in ({"NotAnAttribute": "x"}, {"limit": "-1"}, {"StudyDate": "2024-13-45x"},
                    {"includefield": "Bogus"}, {"fuzzymatching": "maybe"}):
