@@ -5,6 +5,7 @@ long as pynetdicom's own nap instead of spinning."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,35 @@ def test_served_associations_use_the_responsive_reactors(
     while served.is_alive() and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.01)
     assert not served.is_alive() and served.is_released  # type: ignore[attr-defined]
+
+
+def test_busy_dul_thread_never_naps(make_archive: Callable[..., RunningArchive],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the PDUs of a busy association the DUL thread waits in select, never in
+    time.sleep: pynetdicom's loop slept even a zero nap (~50-75 us of timer slack each,
+    several per C-STORE)."""
+    archive = make_archive(precompute_metadata=False)
+    assoc = _scu().associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    try:
+        served = _server_association(archive)
+        dul_thread = served.dul.ident  # type: ignore[attr-defined]
+        naps: list[float] = []
+        sleep = time.sleep
+
+        def counting_sleep(seconds: float) -> None:
+            if threading.get_ident() == dul_thread:
+                naps.append(seconds)
+            sleep(seconds)
+
+        monkeypatch.setattr(time, "sleep", counting_sleep)
+        ct = pydicom.dcmread(testdata("CT_small.dcm"))
+        for n in range(20):
+            assert assoc.send_c_echo().Status == 0
+            ct.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.424242.{n + 1}"
+            assert assoc.send_c_store(ct).Status == 0
+        assert naps == []
+    finally:
+        assoc.release()
 
 
 def test_abort_from_the_peer_ends_the_served_association(
