@@ -103,34 +103,43 @@ class InboundReader:
     def read_pdu(self) -> None:
         """Read one PDU (the socket has data) and act on it; pynetdicom's ``_read_pdu_data``
         with the same outcomes for everything not taken here (Evt17 when the connection
-        breaks, Evt19 for an unknown PDU type)."""
+        breaks, Evt19 for an unknown PDU type). While the data set of a C-STORE taken here
+        is still coming, the PDUs that carry it are read on, without a pass of the DUL's
+        loop for each (a peer that stops sending then meets the network timeout)."""
+        dul = self._assoc.dul
+        while self._read_one() and self._dataset is not None and not dul._kill_thread:
+            dul._idle_timer.restart()  # as the loop does after each PDU (a long transfer)
+
+    def _read_one(self) -> bool:
+        """Read one PDU and act on it; True when it was a P-DATA-TF taken here whole (the
+        DUL's loop has nothing to do for it)."""
         dul = self._assoc.dul
         header = self._recv(6)
         if header is None:
             LOGGER.error("Connection closed before the entire PDU was received")
             self._reset()
             dul.event_queue.put("Evt17")
-            return
+            return False
         pdu_type, length = _PDU_HEADER.unpack(header)
         if pdu_type not in _PDU_TYPES:
             LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             dul.event_queue.put("Evt19")
-            return
+            return False
         if length > MAX_PDU_READ:
             LOGGER.error(f"PDU of {length} bytes refused (more than {MAX_PDU_READ})")
             dul.event_queue.put("Evt19")
-            return
+            return False
         body = self._recv(length)
         if body is None:
             LOGGER.error("Connection closed before the entire PDU was received")
             self._reset()
             dul.event_queue.put("Evt17")
-            return
+            return False
         if pdu_type != 0x04:  # A-RELEASE, A-ABORT...: whatever was being read is moot
             self._reset()
             self._hand_over(header + body)
-            return
-        self._read_pdata(body)
+            return False
+        return self._read_pdata(body)
 
     def _recv(self, size: int) -> bytearray | None:
         buffer = bytearray(size)
@@ -146,12 +155,13 @@ class InboundReader:
             got += n
         return buffer
 
-    def _read_pdata(self, body: bytearray) -> None:
+    def _read_pdata(self, body: bytearray) -> bool:
+        """Act on a P-DATA-TF; True when nothing of it went to pynetdicom."""
         items = _pdv_items(body)
         if items is None:  # malformed: pynetdicom decides (an A-ABORT)
             self._reset()
             self._hand_over(_PDU_HEADER.pack(0x04, len(body)) + body)
-            return
+            return False
         view = memoryview(body)
         passed: list[bytes | memoryview] = []
         for start, end, context_id, control in items:
@@ -160,6 +170,8 @@ class InboundReader:
                 passed.append(view[start:end])
         if passed:
             self._hand_over(_PDU_HEADER.pack(0x04, sum(map(len, passed))) + b"".join(passed))
+            return False
+        return True
 
     def _take(self, context_id: int, control: int, fragment: memoryview, item: memoryview,
               passed: list[bytes | memoryview]) -> bool:

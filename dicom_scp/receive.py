@@ -54,7 +54,7 @@ class ReceivedDataset(BytesIO):
     def __init__(self, meta: bytes, in_memory: int, tmp_dir: Path, limit: int = -1,
                  staging: Staging | None = None) -> None:
         super().__init__()
-        self._pieces: list[bytes] = [meta]
+        self._pieces: list[bytes | memoryview] = [meta]
         # the object also written to the store as it arrives (past ``in_memory``, only there)
         self.staging = staging
         self._in_store = False  # too big for memory: only in the store (``staging``)
@@ -78,9 +78,9 @@ class ReceivedDataset(BytesIO):
         return 0 <= self.limit < self.received
 
     def write(self, data: Any) -> int:
-        """Append a fragment. A fragment written to the store may be kept by reference until
-        it is written (up to ``pacs.ingest.STAGE_FLUSH`` bytes): callers pass buffers they do
-        not change afterwards (the inbound reader's are fresh for each PDU)."""
+        """Append a fragment. A fragment kept in memory is kept by reference (so is one
+        written to the store, until it is written): callers pass buffers they do not change
+        afterwards (the inbound reader's are fresh for each PDU)."""
         size = len(data)
         self.received += size
         if self.too_large:
@@ -113,10 +113,9 @@ class ReceivedDataset(BytesIO):
         if self._file is not None:
             self._file.write(data)
         else:
-            piece = bytes(data)
-            self._pieces.append(piece)
+            self._pieces.append(data)  # by reference (see above): no copy
             if self.staging is not None:
-                self._stage(piece)
+                self._stage(data)
         self._size += size
         return size
 
@@ -163,9 +162,9 @@ class ReceivedDataset(BytesIO):
         if self._file is not None:
             self._file.seek(0)
             return self._file
-        if len(self._pieces) > 1:
+        if len(self._pieces) > 1 or not isinstance(self._pieces[0], bytes):
             self._pieces = [b"".join(self._pieces)]
-        return self._pieces[0]
+        return cast(bytes, self._pieces[0])
 
     def getvalue(self) -> bytes:
         """The data set bytes when held in memory; once spilled to disk, only its first

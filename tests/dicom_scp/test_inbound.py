@@ -221,6 +221,60 @@ def test_peer_stalled_in_the_middle_of_a_pdu_is_dropped(
         raw.close()
 
 
+def _data_set_pdus(context_id: int, data: bytes, count: int) -> list[bytes]:
+    size = -(-len(data) // count)
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    return [_pdu(context_id, [(wire.LAST if n == len(pieces) - 1 else 0, piece)])
+            for n, piece in enumerate(pieces)]
+
+
+@embedded
+def test_data_set_arriving_slower_than_the_network_timeout_is_stored(
+        make_archive: Callable[..., RunningArchive], ct: pydicom.Dataset) -> None:
+    """The PDUs of one data set are read on without a pass of the DUL loop each; each still
+    counts as activity, so a transfer longer than the network timeout is not cut."""
+    archive = make_archive(network_timeout=1.0)
+    raw = RawPeer(archive.port)
+    try:
+        raw.send(wire.pdv_pdu(raw.ct_context, wire.COMMAND | wire.LAST, _store_command(ct)))
+        for pdu in _data_set_pdus(raw.ct_context, _encoded(ct), 10):  # 2.5 s in all
+            time.sleep(0.25)
+            raw.assoc.dul.socket.socket.sendall(pdu)  # type: ignore[union-attr]
+        rsp = raw.response()
+        assert rsp.Status == 0
+        got = _stored(archive, ct.SOPInstanceUID)
+        assert got[dataset_offset(got):] == _encoded(ct)
+        raw.assoc._reactor_checkpoint.set()  # the association goes on
+        time.sleep(0.3)
+        assert raw.assoc.is_established
+        assert raw.assoc.send_c_echo().Status == 0
+    finally:
+        raw.close()
+
+
+@embedded
+def test_peer_stalled_between_the_pdus_of_a_data_set_is_dropped(
+        make_archive: Callable[..., RunningArchive], ct: pydicom.Dataset) -> None:
+    archive = make_archive(network_timeout=1.0)
+    raw = RawPeer(archive.port, timeout=60)  # the archive, not the peer, must give up
+    try:
+        pdus = _data_set_pdus(raw.ct_context, _encoded(ct), 4)
+        raw.send(wire.pdv_pdu(raw.ct_context, wire.COMMAND | wire.LAST, _store_command(ct))
+                 + b"".join(pdus[:2]))  # and nothing more
+        deadline = time.monotonic() + 8
+        while raw.assoc.is_established and time.monotonic() < deadline:
+            raw.assoc._reactor_checkpoint.set()
+            time.sleep(0.05)
+        assert not raw.assoc.is_established
+        assert list(archive.svc.store.keys()) == []
+        deadline = time.monotonic() + 5  # the DUL thread ends just after the association
+        while staged_leftovers(archive.svc.store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert staged_leftovers(archive.svc.store) == []
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("body", [
     b"\x00\x00\x00\x01\x01",  # shorter than a PDV header
     struct.pack(">IBB", 1, 1, 3),  # item length below 2
