@@ -282,7 +282,7 @@ ALL_TARGETS = ("storescp", "orthanc", "pacs-embedded", *S3_TARGETS)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200 instances, 1 round")
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
                         help="comma-separated subset of " + ", ".join(ALL_TARGETS))
