@@ -1,0 +1,126 @@
+"""Setting associations up (dicom_scp.server): the server's presentation contexts are shared
+by every association, never copied, so negotiation must leave them as they were; and the
+association is created on the server's own thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pynetdicom import AE, build_role, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    Verification,
+)
+
+from tests.conftest import RunningArchive, testdata
+
+pytestmark = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+
+UNKNOWN_SOP_CLASS = "1.2.826.0.1.3680043.8.498.999.1"  # no such storage SOP class
+UNKNOWN_SYNTAX = "1.2.826.0.1.3680043.8.498.999.2"  # no such transfer syntax
+
+
+def _snapshot(contexts: list[PresentationContext]) -> list[list[tuple[str, str]]]:
+    return [sorted((name, repr(value)) for name, value in vars(cx).items()) for cx in contexts]
+
+
+def _associations(archive: RunningArchive) -> list[Any]:
+    """Associations of every kind against the archive; the server-side ones it accepted."""
+    served: list[Any] = []
+    lock = threading.Lock()
+
+    def record(event: Event) -> None:
+        with lock:
+            served.append(event.assoc)
+
+    archive.service.server.bind(evt.EVT_ACCEPTED, record)  # type: ignore[union-attr]
+
+    # C-ECHO and C-STORE, several transfer syntaxes offered, one of them unknown
+    ae = AE("STORESCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, [UNKNOWN_SYNTAX, ExplicitVRLittleEndian,
+                                              ImplicitVRLittleEndian])
+    ae.add_requested_context(MRImageStorage, [JPEGBaseline8Bit])
+    ae.add_requested_context(UNKNOWN_SOP_CLASS)  # rejected: abstract syntax not supported
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assert assoc.send_c_store(pydicom.dcmread(testdata("CT_small.dcm"))).Status == 0
+    assert {cx.abstract_syntax for cx in assoc.rejected_contexts} == {UNKNOWN_SOP_CLASS}
+    assoc.release()
+
+    # C-FIND, then C-GET with SCP/SCU role selection for the storage sub-operations
+    received: list[str] = []
+
+    def handle_store(event: Event) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE("GETSCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = pydicom.dcmread(testdata("CT_small.dcm")).StudyInstanceUID
+    found = [status.Status for status, _ in
+             assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    assert found[-1] == 0 and 0xFF00 in found
+    statuses = [status.Status for status, _ in
+                assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    assert statuses[-1] == 0 and len(received) == 1
+    assoc.release()
+
+    # an association whose every context is refused
+    ae = AE("NOTHING")
+    ae.add_requested_context(UNKNOWN_SOP_CLASS)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    if assoc.is_established:
+        assoc.release()
+    return served
+
+
+def test_negotiation_leaves_the_shared_contexts_unchanged(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    contexts = archive.service.server.contexts  # type: ignore[union-attr]
+    before = _snapshot(contexts)
+    served = _associations(archive)
+    assert len(served) >= 2
+    for assoc in served:
+        # each association has a list of its own holding the server's context objects
+        supported = assoc.acceptor.supported_contexts
+        assert supported is not contexts
+        assert len(supported) == len(contexts)
+        assert all(a is b for a, b in zip(supported, contexts, strict=True))
+    assert _snapshot(contexts) == before
+
+
+def test_associations_are_created_on_the_server_thread(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    threads: list[str] = []
+    archive.service.server.bind(  # type: ignore[union-attr]
+        evt.EVT_CONN_OPEN, lambda event: threads.append(threading.current_thread().name))
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    for _ in range(3):
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+    assert threads == ["dicom-server"] * 3
