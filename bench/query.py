@@ -58,7 +58,7 @@ from bench.ingest import (  # noqa: E402
     wait_port,
     wait_ready,
 )
-from bench.rawfind import RawFind  # noqa: E402
+from bench.rawfind import RawFind, association_ms  # noqa: E402
 from tests.infra import free_port, start_postgres, start_seaweedfs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -66,6 +66,7 @@ SCU, DEST = "BENCHSCU", "BENCHDEST"
 FIRST_DAY, DAYS = date(2014, 1, 1), 12 * 365  # one year of twelve: ~8 % of the studies
 YEAR = "20240101-20241231"
 ECHO_LABEL = "C-ECHO echoscu (tool start and association)"
+ASSOCIATION_LABEL = "Association at the wire (connect to A-ASSOCIATE-AC)"
 WADO_PER_ROUND = 5  # WADO-RS requests per target and retrieve round
 # Vietnamese family names with their usual weights; "An" starts with A: about 9 % of the
 # patients, so PatientName=A* returns a realistic worklist page. (No "Âu": Orthanc does not
@@ -422,6 +423,17 @@ def measure_queries(targets: list[Target], n: int, seed: int, repeat: int,
             out[t.name].setdefault(echo, []).append(run_tool(echoscu(t))[0])
     print(f"  {echo}: " + ", ".join(f"{t.name} {statistics.median(out[t.name][echo]):.0f} ms"
                                     for t in targets), flush=True)
+    # the association alone, without the tool: what each server spends accepting one
+    setup = ASSOCIATION_LABEL
+    for t in targets:
+        association_ms("127.0.0.1", t.port, SCU, t.aet)
+        counts[t.name][setup] = 0
+    for i in range(3 * repeat):
+        for t in targets if i % 2 == 0 else targets[::-1]:
+            out[t.name].setdefault(setup, []).append(
+                association_ms("127.0.0.1", t.port, SCU, t.aet))
+    print(f"  {setup}: " + ", ".join(f"{t.name} {statistics.median(out[t.name][setup]):.2f} ms"
+                                     for t in targets), flush=True)
 
     for label, make, cfind, limit in query_cases(n, seed, everything):
         broad = label == "all studies" or (n > 20_000 and not label.startswith(("PatientID",
@@ -524,6 +536,10 @@ def header(title: str, what: str) -> list[str]:
             f"{what}", ""]
 
 
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
 def table(samples: dict[str, dict[str, list[float]]], extra: Callable[[str], list[str]],
           extra_heads: list[str]) -> list[str]:
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
@@ -532,7 +548,7 @@ def table(samples: dict[str, dict[str, list[float]]], extra: Callable[[str], lis
              "|---|---|---|---|" + "---|" * len(extra_heads)]
     for label in med["pacs"]:
         ours, theirs = med["pacs"][label], med["orthanc"][label]
-        lines.append(f"| {label} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | "
+        lines.append(f"| {label} | {_ms(ours)} | {_ms(theirs)} | {ours / theirs:.2f}x | "
                      + " | ".join(extra(label)) + " |")
     return lines
 
@@ -548,7 +564,7 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
 
     def extra(label: str) -> list[str]:
         cells = [f"{counts['pacs'][label]} / {counts['orthanc'][label]}"
-                 if label != ECHO_LABEL else "-"]
+                 if label not in (ECHO_LABEL, ASSOCIATION_LABEL) else "-"]
         if base is not None and base_matches is not None:
             if label not in base:
                 return [*cells, "-", "-"]
@@ -570,7 +586,9 @@ def report_queries(data: dict[str, Any], n: int, repeat: int) -> None:
                    f"{', '.join(FIND_KEYS)}; C-FIND quiet: the same with `findscu -q` (it still "
                    "receives and decodes every response, without printing them); "
                    f"{ECHO_LABEL}: `echoscu`, the floor of every findscu figure (a DCMTK tool's "
-                   "start and one association); C-FIND at the wire: the same query on one open "
+                   f"start and one association); {ASSOCIATION_LABEL}: the association alone, "
+                   "timed by our raw client (bench/rawfind.py) from opening the connection to "
+                   "the accept, then released; C-FIND at the wire: the same query on one open "
                    "association, first byte of the request to last byte of the final response "
                    "(bench/rawfind.py: the server's time without findscu's); QIDO-RS: "
                    f"`/studies?...&limit={n}` (every match; our default cap is 10,000) or "

@@ -68,6 +68,16 @@ def identifier(keys: dict[str, str]) -> bytes:
 IDLE_RECONNECT = 20.0
 
 
+def association_ms(host: str, port: int, calling: str, called: str) -> float:
+    """Milliseconds from opening the connection to the A-ASSOCIATE-AC (what a modality waits
+    before its first request); the association is then released, untimed."""
+    t0 = time.perf_counter()
+    finder = RawFind(host, port, calling, called)
+    elapsed = (time.perf_counter() - t0) * 1000
+    finder.close()
+    return elapsed
+
+
 class RawFind:
     """One association to a C-FIND SCP, queried again and again."""
 
