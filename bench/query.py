@@ -480,16 +480,19 @@ def measure_retrieve(targets: list[Target], study: Any, repeat: int,
     out: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
     sizes: dict[str, dict[str, int]] = {t.name: {} for t in targets}
 
-    def move(t: Target) -> float:
+    study_keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={s}"]
+    # one instance: the fixed cost of a retrieve (associations, look-up, the answer)
+    one_keys = ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={s}",
+                "-k", f"SeriesInstanceUID={se}", "-k", f"SOPInstanceUID={study.SOPInstanceUID}"]
+
+    def move(t: Target, keys: list[str]) -> float:
         ms, text = run_tool(["/usr/bin/movescu", "-S", "-aet", SCU, "-aec", t.aet, "-aem", DEST,
-                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={s}",
-                             "127.0.0.1", str(t.port)])
+                             *keys, "127.0.0.1", str(t.port)])
         return ms
 
-    def get(t: Target) -> float:
+    def get(t: Target, keys: list[str]) -> float:
         ms, _ = run_tool(["/usr/bin/getscu", "-S", "-aet", SCU, "-aec", t.aet, "--ignore",
-                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={s}",
-                          "127.0.0.1", str(t.port)])
+                          *keys, "127.0.0.1", str(t.port)])
         return ms
 
     def wado(t: Target, path: str, headers: dict[str, str] | None, key: str) -> float:
@@ -506,8 +509,10 @@ def measure_retrieve(targets: list[Target], study: Any, repeat: int,
 
     for i in range(repeat + 1):  # the first round warms up (and is dropped)
         for t in targets if i % 2 == 0 else targets[::-1]:
-            row = {"C-MOVE study (100 inst)": [move(t)],
-                   "C-GET study (100 inst)": [get(t)],
+            row = {"C-MOVE study (100 inst)": [move(t, study_keys)],
+                   "C-GET study (100 inst)": [get(t, study_keys)],
+                   "C-MOVE one instance": [move(t, one_keys)],
+                   "C-GET one instance": [get(t, one_keys)],
                    # cheap next to a C-MOVE: several per round, for a steadier median
                    "WADO-RS series (100 inst)": [wado(t, "", STORED, "series")
                                                  for _ in range(WADO_PER_ROUND)],
@@ -610,7 +615,9 @@ def report_retrieve(data: dict[str, Any], repeat: int) -> None:
     lines = header("Retrieve benchmark",
                    "One CT study of 100 slices 512x512 (16-bit, ~51 MB), stored by `storescu`; "
                    f"medians of {repeat} rounds, alternating targets. C-MOVE: `movescu` to a "
-                   "DCMTK `storescp --ignore`; C-GET: `getscu --ignore`; WADO-RS: the series as "
+                   "DCMTK `storescp --ignore`; C-GET: `getscu --ignore` (the study, then one "
+                   "of its instances: a retrieve's fixed cost, each tool's start included); "
+                   "WADO-RS: the series as "
                    "multipart/related application/dicom (stored syntax), and its metadata "
                    f"(warm), {WADO_PER_ROUND} requests per round, keep-alive client. For "
                    "throughput, ratio < 1 means faster than Orthanc. The last columns: the "
@@ -619,8 +626,9 @@ def report_retrieve(data: dict[str, Any], repeat: int) -> None:
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
 
     def extra(label: str) -> list[str]:
-        cells = [f"{100 / med['pacs'][label] * 1000:.0f} / "
-                 f"{100 / med['orthanc'][label] * 1000:.0f}"]
+        n = 100 if "(100 inst)" in label else 1
+        cells = [f"{n / med['pacs'][label] * 1000:.0f} / "
+                 f"{n / med['orthanc'][label] * 1000:.0f}"]
         if PRODUCTION in med:
             ours = med[PRODUCTION][label]
             cells += [f"{ours:.1f}", f"{ours / med['orthanc'][label]:.2f}x"]

@@ -22,10 +22,11 @@ from typing import Any, cast
 import pydicom.config
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AddressInformation, AssociationSocket, ThreadedAssociationServer
 
-from dicom_scp import handlers
+from dicom_scp import handlers, reactor
 from dicom_scp.conformance import supported_contexts
 from pacs.config import Settings
 from pacs.services import Services
@@ -169,8 +170,21 @@ def configure_pynetdicom() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
+class PacsAE(AE):
+    """The archive's AE. The associations it requests (C-MOVE sub-associations) switch to
+    the responsive DUL loop and end without 10 ms naps (:func:`dicom_scp.reactor.install`)
+    before their threads start: ``_create_socket`` is the one step of pynetdicom's
+    ``associate`` between creating the association and starting its DUL (pynetdicom is
+    pinned to 3.0.x)."""
+
+    def _create_socket(self, assoc: Association, address: AddressInformation,
+                       tls_args: Any) -> AssociationSocket:
+        reactor.install(assoc, serves_requests=False)
+        return super()._create_socket(assoc, address, tls_args)
+
+
 def make_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+    ae = PacsAE(ae_title=settings.ae_title)
     # Not ``ae.supported_contexts = ...``: that setter drops the SCP/SCU roles, and without
     # them a C-GET requestor's role selection is refused and every sub-operation fails.
     for cx in supported_contexts():

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -122,3 +123,32 @@ def test_idle_association_times_out(make_archive: Callable[..., RunningArchive])
         time.sleep(0.05)
     assert not served.is_alive()  # type: ignore[attr-defined]
     assert not assoc.is_established or assoc.is_aborted or assoc.is_released
+
+
+def test_quick_end_asks_the_dul_again_after_doubling_waits(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's Association.kill sleeps 10 ms whenever its DUL is not idle yet (it rarely
+    is, right after a release); QuickEnd waits 0.1 ms, then twice as long each time, up to
+    pynetdicom's 10 ms."""
+
+    class NotYetIdle:
+        def __init__(self, busy: int) -> None:
+            self.busy = busy
+            self.asked = 0
+
+        def is_alive(self) -> bool:
+            return True
+
+        def stop_dul(self) -> bool:
+            self.asked += 1
+            return self.asked > self.busy
+
+    waits: list[float] = []
+    monkeypatch.setattr(reactor, "time", SimpleNamespace(sleep=waits.append))
+    assoc = reactor.QuickEnd(AE("QUICK"), "requestor")
+    dul = NotYetIdle(busy=9)
+    assoc.dul = dul  # type: ignore[assignment]
+    assoc.kill()
+    assert dul.asked == 10
+    assert waits == [0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.01, 0.01]
+    assert assoc._kill and not assoc.is_established and assoc._is_paused

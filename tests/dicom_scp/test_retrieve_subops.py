@@ -306,3 +306,33 @@ def test_a_second_retrieve_on_the_same_association(study_archive: Callable[..., 
             assert received == data_sets
     finally:
         assoc.release()
+
+
+def test_move_sub_association_runs_the_responsive_dul_and_ends_quickly(
+        study_archive: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C-MOVE sub-association gets the select-waiting DUL and QuickEnd before its threads
+    start (dicom_scp.server.PacsAE): it is released without pynetdicom's 1 ms and 10 ms naps,
+    and its association loop stays pynetdicom's (it serves no requests)."""
+    from dicom_scp import handlers, reactor
+
+    archive, port, study, data_sets = study_archive(3)
+    seen: list[Any] = []
+    install_sender = handlers._install_sender
+
+    def record(event: Event) -> None:
+        seen.append(event.assoc)
+        install_sender(event)
+
+    monkeypatch.setattr(handlers, "_install_sender", record)
+    dest = Destination(16384)
+    dest.port = port
+    with dest.running():
+        for _ in range(3):
+            statuses = move(archive, study)
+            assert counts(statuses[-1]) == (0x0000, 3, 0, 0)
+    assert dest.received == data_sets
+    assert len(seen) == 3
+    for sub in seen:
+        assert type(sub) is reactor.QuickEnd
+        assert type(sub.dul) is reactor.ResponsiveDUL
+        assert sub.is_released and not sub.dul.is_alive()
