@@ -626,7 +626,7 @@ def report_retrieve(data: dict[str, Any], repeat: int) -> None:
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in samples.items()}
 
     def extra(label: str) -> list[str]:
-        n = 100 if "(100 inst)" in label else 1
+        n = 1 if "one instance" in label else 100
         cells = [f"{n / med['pacs'][label] * 1000:.0f} / "
                  f"{n / med['orthanc'][label] * 1000:.0f}"]
         if PRODUCTION in med:
