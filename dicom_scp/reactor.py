@@ -47,6 +47,7 @@ IDLE_DELAY = 0.001  # longest wait of the DUL loop (pynetdicom's nap), for its t
 BUSY_DELAY = 0.0002  # nap while another reader holds the socket
 ESTABLISHED_DELAY = 0.05  # longest wait of the DUL loop in Sta6 (no ARTIM timer runs)
 MESSAGE_WAIT = 0.05  # longest wait of the association thread between its other checks
+RECEIVE_SLICE = 0.05  # how often a thread waiting for a primitive checks the connection
 KILL_FIRST_WAIT = 0.0001  # first wait of an ending association for its DUL to be idle...
 KILL_LONGEST_WAIT = 0.01  # ...doubling up to pynetdicom's fixed one
 
@@ -67,6 +68,7 @@ class ResponsiveDUL(DULServiceProvider):
     _wake: tuple[socket.socket, socket.socket] | None = None
     _checked_socket = True  # the last pass looked at the socket (see _pause)
     inbound: Any = None  # a dicom_scp.inbound.InboundReader: reads PDUs while established
+    _acted = False  # the state machine has left Sta1 (see receive_pdu)
 
     def enable_wakeups(self) -> None:
         pair = socket.socketpair()
@@ -154,6 +156,10 @@ class ResponsiveDUL(DULServiceProvider):
                 self.assoc.is_established = False
                 self.assoc._kill = True
                 self._kill_thread = True
+                # an association thread waiting for the A-ASSOCIATE-RQ this PDU was (an
+                # undecodable one: a UID too long...) would otherwise wait out its ACSE
+                # timeout (30 s), counted among the open associations all along
+                self.to_user_queue.put(None)
                 return
             try:
                 event = self.event_queue.get(block=False)
@@ -161,6 +167,7 @@ class ResponsiveDUL(DULServiceProvider):
                 idle = True
                 continue
             self.state_machine.do_action(event)
+            self._acted = True
             idle = False
 
     def _read_pdu_data(self) -> None:
@@ -184,6 +191,28 @@ class ResponsiveDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         super().kill_dul()
         self.wake()
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None) -> Any:
+        """pynetdicom's, except that a wait ends as soon as the connection has closed with
+        nothing left to hand up. An association thread waiting for the A-ASSOCIATE-RQ of a
+        peer that sent an undecodable one (a UID too long...) or none at all was otherwise
+        held for its ACSE timeout (30 s), counted among the open associations all along:
+        pynetdicom aborts such a peer without telling the association."""
+        if not wait:
+            return super().receive_pdu(wait, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = RECEIVE_SLICE if deadline is None else deadline - time.monotonic()
+            primitive = super().receive_pdu(True, max(0.0, min(RECEIVE_SLICE, left)))
+            if primitive is not None or (deadline is not None and left <= RECEIVE_SLICE):
+                return primitive
+            # over (the connection closed or being closed: back in Sta1 after having left
+            # it, or Sta13, where no primitive is handed up any more) first, then empty:
+            # whatever the DUL handed up before is queued
+            state = self.state_machine.current_state
+            over = state == "Sta13" or (state == "Sta1" and self._acted)
+            if over and self.to_user_queue.empty():
+                return None
 
     def stop_dul(self) -> bool:
         """pynetdicom's: stop the loop if the state machine is idle (Sta1), and wait until

@@ -10,6 +10,7 @@ interpreter lock then set the pace.) They share the index and storage.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import socket
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pydicom.config
+import pynetdicom.pdu_items
+import pynetdicom.pdu_primitives
+import pynetdicom.presentation
+import pynetdicom.utils
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -163,9 +168,11 @@ def configure_pynetdicom() -> None:
       warns, yet it ran a regular expression for every UID pynetdicom builds: decoding and
       negotiating an association request that proposes ~100 storage SOP classes (``getscu``)
       cost ~50 ms of CPU, most of it there. The archive validates what it keeps itself
-      (UIDs in :mod:`pacs.dicom.uids`, query values in :mod:`pacs.query`).
+      (UIDs in :mod:`pacs.dicom.uids`, query values in :mod:`pacs.query`);
+    - the UIDs of association requests checked once each (:func:`remember_checked_uids`).
     """
     _config.LOG_REQUEST_IDENTIFIERS = False
+    remember_checked_uids()
     _config.LOG_RESPONSE_IDENTIFIERS = False
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
@@ -181,6 +188,58 @@ class PacsAE(AE):
                        tls_args: Any) -> AssociationSocket:
         reactor.install(assoc, serves_requests=False)
         return super()._create_socket(assoc, address, tls_args)
+
+
+UID_CACHE_SIZE = 4096  # distinct SOP class and transfer syntax UIDs remembered as checked
+
+
+def remember_checked_uids() -> None:
+    """Check each SOP class and transfer syntax UID of an association request once per
+    process, not every time a peer proposes it.
+
+    pynetdicom converts and validates every UID of an A-ASSOCIATE-RQ (``set_uid``: a
+    conversion and one to three regular expressions) on each step from the PDU to the
+    negotiated contexts, and again as it adds each transfer syntax to a context: ~1,000
+    UIDs and ~9.5 ms for the 121 storage contexts ``getscu`` proposes. The answers are the
+    same each time: the converted (immutable) UID is kept for the PDU, primitive and context
+    modules' ``set_uid`` (not for the DIMSE messages, whose SOP Instance UIDs are all
+    different), and a transfer syntax once added is appended again without its checks.
+    A UID that fails its check is not remembered: it is refused every time, as before;
+    a non-conformant one is logged once instead of once per association.
+    """
+    if getattr(pynetdicom.presentation.set_uid, "_pacs_remembered", False):
+        return
+    original = pynetdicom.utils.set_uid
+
+    @functools.lru_cache(maxsize=UID_CACHE_SIZE)
+    def checked(value: str | bytes, name: str, allow_empty: bool, allow_none: bool,
+                validate: bool) -> UID | None:
+        return original(value, name, allow_empty, allow_none, validate)
+
+    def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+                validate: bool = True) -> UID | None:
+        if isinstance(value, str | bytes):
+            return checked(value, name, allow_empty, allow_none, validate)
+        return original(value, name, allow_empty, allow_none, validate)
+
+    set_uid._pacs_remembered = True  # type: ignore[attr-defined]
+    for module in (pynetdicom.pdu_items, pynetdicom.pdu_primitives, pynetdicom.presentation):
+        module.set_uid = set_uid  # type: ignore[attr-defined]
+
+    add = PresentationContext.add_transfer_syntax
+    known: dict[str, UID] = {}
+
+    def add_transfer_syntax(self: PresentationContext, syntax: Any) -> None:
+        uid = known.get(syntax) if isinstance(syntax, str) else None
+        if uid is None:
+            before = len(self._transfer_syntax)
+            add(self, syntax)  # checks, warns, raises for an invalid UID
+            if len(self._transfer_syntax) > before and len(known) < UID_CACHE_SIZE:
+                known[str(syntax)] = self._transfer_syntax[-1]
+        elif uid not in self._transfer_syntax:
+            self._transfer_syntax.append(uid)
+
+    PresentationContext.add_transfer_syntax = add_transfer_syntax  # type: ignore[method-assign]
 
 
 def make_ae(settings: Settings) -> AE:

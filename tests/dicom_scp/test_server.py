@@ -4,7 +4,10 @@ association is created on the server's own thread."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -124,3 +127,70 @@ def test_associations_are_created_on_the_server_thread(
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
     assert threads == ["dicom-server"] * 3
+
+
+def _associate_rq(called: str, abstract_syntax: str, transfer_syntax: str) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) with one presentation context, built by hand so that
+    it can carry UIDs pynetdicom's own requestor would refuse to send."""
+    def item(kind: int, value: bytes) -> bytes:
+        return struct.pack(">BxH", kind, len(value)) + value
+
+    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, abstract_syntax.encode())
+                   + item(0x40, transfer_syntax.encode()))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384))
+                + item(0x52, b"1.2.826.0.1.3680043.8.498.1"))
+    body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + b"RAWSCU".ljust(16)
+            + bytes(32) + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
+    return struct.pack(">BxI", 0x01, len(body)) + body
+
+
+def _answer(port: int, request: bytes) -> int:
+    """The type of the PDU the archive answers ``request`` with (0: connection closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        head = sock.recv(1)
+        if head and head[0] == 0x02:
+            sock.sendall(struct.pack(">BxI", 0x05, 4) + bytes(4))  # release
+        return head[0] if head else 0
+
+
+def test_uids_of_association_requests_are_checked_once_and_bad_ones_every_time(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """pynetdicom checks each UID of a request on every step; the archive remembers the
+    checked ones (dicom_scp.server.remember_checked_uids), never a refused one."""
+    import pynetdicom.presentation
+
+    from dicom_scp import server
+
+    archive = make_archive(precompute_metadata=False)
+    assert getattr(pynetdicom.presentation.set_uid, "_pacs_remembered", False)
+    too_long = "1.2.826.0.1.3680043.8.498." + "1" * 50  # 76 characters: no valid UID
+    for _ in range(2):  # refused each time (the connection is aborted or closed)
+        assert _answer(archive.port, _associate_rq("MINIPACS", too_long,
+                                                   ExplicitVRLittleEndian)) in (0, 0x07)
+        assert _answer(archive.port, _associate_rq("MINIPACS", str(Verification),
+                                                   too_long)) in (0, 0x07)
+    # a peer that connects and sends nothing, then goes
+    socket.create_connection(("127.0.0.1", archive.port), timeout=10).close()
+    # refused or gone, none of them holds an association thread (pynetdicom's would wait
+    # for the request its ACSE timeout, 30 s, each counted against PACS_MAX_ASSOCIATIONS)
+    server_ = archive.service.server  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while server_.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server_.active_associations
+    for _ in range(2):  # accepted each time
+        assert _answer(archive.port, _associate_rq("MINIPACS", str(Verification),
+                                                   ImplicitVRLittleEndian)) == 0x02
+    # the same UID object comes back for the same text; a context still holds each syntax once
+    first = pynetdicom.presentation.set_uid(str(CTImageStorage), "abstract_syntax")
+    assert pynetdicom.presentation.set_uid(str(CTImageStorage), "abstract_syntax") is first
+    cx = PresentationContext()
+    for syntax in [ExplicitVRLittleEndian, str(ExplicitVRLittleEndian), JPEGBaseline8Bit]:
+        cx.add_transfer_syntax(syntax)
+    assert cx.transfer_syntax == [ExplicitVRLittleEndian, JPEGBaseline8Bit]
+    with pytest.raises(ValueError):
+        cx.add_transfer_syntax(too_long)
+    with pytest.raises(ValueError):
+        cx.add_transfer_syntax(too_long)
+    assert server.UID_CACHE_SIZE >= 1000  # room for every SOP class and transfer syntax
