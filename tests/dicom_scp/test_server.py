@@ -194,3 +194,33 @@ def test_uids_of_association_requests_are_checked_once_and_bad_ones_every_time(
     with pytest.raises(ValueError):
         cx.add_transfer_syntax(too_long)
     assert server.UID_CACHE_SIZE >= 1000  # room for every SOP class and transfer syntax
+
+
+def test_pynetdicom_standard_log_handlers_are_unbound_while_its_logger_is_quiet(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """They format every PDU and message (a 121-context request: ~7 ms) to log at DEBUG and
+    INFO, which `pacs serve` does not show for pynetdicom."""
+    import logging
+
+    from pynetdicom import _config
+    from pynetdicom._handlers import standard_pdu_recv_handler
+
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        archive = make_archive(precompute_metadata=False)
+    finally:
+        logger.setLevel(level)
+    assert _config.LOG_HANDLER_LEVEL == "none"
+    served: list[Any] = []
+    archive.service.server.bind(evt.EVT_ACCEPTED,  # type: ignore[union-attr]
+                                lambda event: served.append(event.assoc))
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert served
+    handlers = served[0].get_handlers(evt.EVT_PDU_RECV)
+    assert all(handler[0] is not standard_pdu_recv_handler for handler in handlers)
