@@ -13,20 +13,19 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
 from tests.conftest import RunningArchive, testdata
+from tests.dicom_scp.test_retrieve_subops import get, study_query
 
 pytestmark = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 
@@ -64,30 +63,16 @@ def _associations(archive: RunningArchive) -> list[Any]:
     assoc.release()
 
     # C-FIND, then C-GET with SCP/SCU role selection for the storage sub-operations
-    received: list[str] = []
-
-    def handle_store(event: Event) -> int:
-        received.append(event.request.AffectedSOPInstanceUID)
-        return 0x0000
-
-    ae = AE("GETSCU")
+    study_uid = str(pydicom.dcmread(testdata("CT_small.dcm")).StudyInstanceUID)
+    ae = AE("FINDSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS",
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, handle_store)])
-    assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = pydicom.dcmread(testdata("CT_small.dcm")).StudyInstanceUID
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
     found = [status.Status for status, _ in
-             assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+             assoc.send_c_find(study_query(study_uid), StudyRootQueryRetrieveInformationModelFind)]
     assert found[-1] == 0 and 0xFF00 in found
-    statuses = [status.Status for status, _ in
-                assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
-    assert statuses[-1] == 0 and len(received) == 1
     assoc.release()
+    statuses, received = get(archive, study_uid, 16384)
+    assert statuses[-1].Status == 0 and len(received) == 1
 
     # an association whose every context is refused
     ae = AE("NOTHING")
