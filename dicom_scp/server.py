@@ -240,7 +240,8 @@ def remember_checked_uids() -> None:
         if uid is None:
             before = len(self._transfer_syntax)
             add(self, syntax)  # checks, warns, raises for an invalid UID
-            if len(self._transfer_syntax) > before and len(known) < UID_CACHE_SIZE:
+            if (isinstance(syntax, str) and len(self._transfer_syntax) > before
+                    and len(known) < UID_CACHE_SIZE):
                 known[str(syntax)] = self._transfer_syntax[-1]
         elif uid not in self._transfer_syntax:
             self._transfer_syntax.append(uid)

@@ -171,7 +171,8 @@ def test_uids_of_association_requests_are_checked_once_and_bad_ones_every_time(
     first = pynetdicom.presentation.set_uid(str(CTImageStorage), "abstract_syntax")
     assert pynetdicom.presentation.set_uid(str(CTImageStorage), "abstract_syntax") is first
     cx = PresentationContext()
-    for syntax in [ExplicitVRLittleEndian, str(ExplicitVRLittleEndian), JPEGBaseline8Bit]:
+    for syntax in [ExplicitVRLittleEndian, str(ExplicitVRLittleEndian), JPEGBaseline8Bit,
+                   str(ExplicitVRLittleEndian).encode()]:
         cx.add_transfer_syntax(syntax)
     assert cx.transfer_syntax == [ExplicitVRLittleEndian, JPEGBaseline8Bit]
     with pytest.raises(ValueError):
