@@ -78,7 +78,8 @@ def handle_conn_open_scp(event: Event, services: Services) -> None:
     the thread that reads them (:mod:`dicom_scp.inbound`; with TLS, pynetdicom's path), and
     their data sets spooled (in memory when small, in ``<data dir>/tmp`` when big; see
     :mod:`dicom_scp.receive`) and, when small, written to the store as they arrive
-    (:class:`pacs.ingest.Staging`)."""
+    (:class:`pacs.ingest.Staging`); the association negotiated by the thread that reads
+    the request (:func:`dicom_scp.reactor.accept_on_dul`)."""
     handle_conn_open(event)
     assoc = event.assoc
     reactor.install(assoc)
@@ -94,6 +95,7 @@ def handle_conn_open_scp(event: Event, services: Services) -> None:
 
     inbound.install(assoc, serve, tmp_dir, limit, stage=services.ingest.begin_staging)
     receive.install(assoc, tmp_dir, limit)
+    reactor.accept_on_dul(assoc)  # last: its DUL thread starts reading the request
 
 
 def store_received(services: Services, caller: Caller, received: receive.ReceivedDataset,

@@ -19,6 +19,11 @@ subclasses that keep pynetdicom's logic and change only the waiting:
   complete or the DUL hands up a primitive) for at most 50 ms, instead of sleeping 1 ms
   before every look at it.
 
+:func:`accept_on_dul` (at EVT_CONN_OPEN too) has the DUL thread negotiate the association
+itself: it starts at once, reads the A-ASSOCIATE-RQ and answers it in the same pass, where
+pynetdicom hands the request up to the association thread and the answer back down (two
+thread hand-overs, and the DUL started only once the association thread runs).
+
 Both classes depend on pynetdicom internals (pinned in pyproject.toml); the tests exercise
 them through every DIMSE service.
 """
@@ -38,7 +43,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.utils import make_target
+from pynetdicom.utils import make_target, set_timer_resolution
 
 LOGGER = logging.getLogger("pynetdicom.association")  # where pynetdicom logs these events
 DUL_LOGGER = logging.getLogger("pynetdicom.dul")
@@ -69,6 +74,7 @@ class ResponsiveDUL(DULServiceProvider):
     _checked_socket = True  # the last pass looked at the socket (see _pause)
     inbound: Any = None  # a dicom_scp.inbound.InboundReader: reads PDUs while established
     _acted = False  # the state machine has left Sta1 (see receive_pdu)
+    negotiates = False  # answers the A-ASSOCIATE-RQ itself (accept_on_dul), until it has
 
     def enable_wakeups(self) -> None:
         pair = socket.socketpair()
@@ -147,19 +153,7 @@ class ResponsiveDUL(DULServiceProvider):
                     self._idle_timer.restart()
             except Exception as exc:  # noqa: BLE001 - as pynetdicom: abort, bypassing the
                 # state machine, whose state can no longer be trusted
-                DUL_LOGGER.error("Exception in DUL.run(), aborting association")
-                DUL_LOGGER.exception(exc)
-                abort = A_ABORT_RQ()
-                abort.source, abort.reason_diagnostic = 0x02, 0x00
-                cast(Any, self.socket).send(abort.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
-                # an association thread waiting for the A-ASSOCIATE-RQ this PDU was (an
-                # undecodable one: a UID too long...) would otherwise wait out its ACSE
-                # timeout (30 s), counted among the open associations all along
-                self.to_user_queue.put(None)
+                self._abort_broken(exc)
                 return
             try:
                 event = self.event_queue.get(block=False)
@@ -169,6 +163,38 @@ class ResponsiveDUL(DULServiceProvider):
             self.state_machine.do_action(event)
             self._acted = True
             idle = False
+            if self.negotiates and self.state_machine.current_state == "Sta3":
+                # the A-ASSOCIATE indication was just handed up: answer it here; the answer
+                # (an A-ASSOCIATE response primitive) is sent by the next pass
+                self.negotiates = False
+                try:
+                    cast(ResponsiveAssociation, self.assoc).negotiate_on_dul()
+                except Exception as exc:  # noqa: BLE001 - likewise
+                    self._abort_broken(exc)
+                    return
+
+    def _abort_broken(self, exc: Exception) -> None:
+        """pynetdicom's answer to an exception in its loop: an A-ABORT sent at once, and the
+        association and this thread ended."""
+        DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+        DUL_LOGGER.exception(exc)
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x00
+        try:
+            cast(Any, self.socket).send(abort.encode())
+        except Exception:  # noqa: BLE001 - the connection may be gone already
+            pass
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+        # an association thread waiting for the A-ASSOCIATE-RQ this PDU was (an
+        # undecodable one: a UID too long...) would otherwise wait out its ACSE
+        # timeout (30 s), counted among the open associations all along
+        self.to_user_queue.put(None)
+        negotiated = getattr(self.assoc, "_negotiated", None)
+        if negotiated is not None:
+            negotiated.set()
 
     def _read_pdu_data(self) -> None:
         if self.inbound is not None and self.state_machine.current_state == "Sta6":
@@ -248,6 +274,10 @@ class QuickEnd(Association):
         self._kill = True
         self.is_established = False
         self._is_paused = True
+        if threading.current_thread() is self.dul:
+            # negotiating on the DUL thread (accept_on_dul), which cannot wait for itself to
+            # go idle: the association thread ends it (ResponsiveAssociation.run_reactor)
+            return
         wait = KILL_FIRST_WAIT
         while self.dul.is_alive() and not self.dul.stop_dul():
             time.sleep(wait)
@@ -260,10 +290,60 @@ class ResponsiveAssociation(QuickEnd):
     :meth:`_run_reactor` is pynetdicom 3.0's acceptor loop (same checks, same order) with
     its unconditional 1 ms sleep replaced by a wait on the DIMSE queue."""
 
+    _negotiated: threading.Event | None = None  # set by accept_on_dul
+
+    def negotiate_on_dul(self) -> None:
+        """Answer the A-ASSOCIATE-RQ the DUL just handed up, on the DUL thread: pynetdicom's
+        acceptor steps (``Association.run_reactor``). The association's own thread may not
+        run yet: :func:`unstarted_acceptors` counts it among the open associations."""
+        assert self._negotiated is not None
+        try:
+            self.requestor.primitive = self.dul.to_user_queue.get(block=False)
+            evt.trigger(self, evt.EVT_REQUESTED, {})
+            if not self.is_aborted and not self.is_rejected:
+                self.acse.negotiate_association()
+        finally:
+            self._negotiated.set()
+
+    def run_reactor(self) -> None:
+        """pynetdicom's acceptor reactor when the DUL negotiates (:func:`accept_on_dul`):
+        wait for the outcome, up to the ACSE timeout, instead of for the request."""
+        if self._negotiated is None:
+            super().run_reactor()
+            return
+        with _UNSTARTED_LOCK:  # counted as a running thread from now on
+            _UNSTARTED.discard(self)
+        if self._wait_negotiated() and self.is_established:
+            with set_timer_resolution(self._timer_resolution):  # type: ignore[attr-defined]
+                self._run_reactor()
+        else:  # rejected, aborted, never asked or timed out: once the DUL is idle
+            self.kill()
+        sock = cast(Any, self.dul.socket)
+        if self._server and sock.socket:  # type: ignore[attr-defined]
+            self._server.shutdown_request(sock.socket)  # type: ignore[attr-defined]
+
+    def _wait_negotiated(self) -> bool:
+        """Whether the DUL answered the request, waiting for it up to the ACSE timeout and
+        no longer than the connection lasts (see ResponsiveDUL.receive_pdu)."""
+        assert self._negotiated is not None
+        timeout = self.acse_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        dul = cast(ResponsiveDUL, self.dul)
+        while not self._negotiated.wait(RECEIVE_SLICE):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            state = dul.state_machine.current_state
+            over = state == "Sta13" or (state == "Sta1" and dul._acted)
+            if over or not dul.is_alive():
+                return self._negotiated.is_set()
+        return True
+
     def _wait_for_message(self) -> None:
         pending = self.dimse.msg_queue
         with pending.not_empty:
-            if not pending._qsize():  # type: ignore[attr-defined]
+            # a primitive handed up (a release request...) notifies under this lock too,
+            # perhaps before this thread first got here (the DUL negotiated without it)
+            if not pending._qsize() and self.dul.to_user_queue.empty():  # type: ignore[attr-defined]
                 pending.not_empty.wait(MESSAGE_WAIT)
 
     def _run_reactor(self) -> None:
@@ -353,3 +433,35 @@ def install(assoc: Association, *, serves_requests: bool = True) -> None:
 
     dul.event_queue.put = event  # type: ignore[method-assign]
     dul.to_user_queue.put = primitive  # type: ignore[method-assign]
+
+
+def accept_on_dul(assoc: Association) -> bool:
+    """Have ``assoc``'s DUL thread (started here, before the association's) negotiate the
+    association it accepts (:meth:`ResponsiveAssociation.negotiate_on_dul`): the
+    A-ASSOCIATE-AC goes out in the pass that read the request. False, and nothing changed,
+    unless ``assoc`` is an acceptor switched by :func:`install` and not yet running."""
+    dul = assoc.dul
+    if (not isinstance(assoc, ResponsiveAssociation) or not assoc.is_acceptor
+            or not isinstance(dul, ResponsiveDUL) or dul.is_alive() or assoc.is_alive()):
+        return False
+    assoc._negotiated = threading.Event()
+    with _UNSTARTED_LOCK:
+        _UNSTARTED.add(assoc)
+    # Thread.run calls the target bound in Association.__init__, before install's switch
+    assoc._target = make_target(assoc.run_reactor)  # type: ignore[attr-defined]
+    dul.negotiates = True
+    dul.start()
+    assoc._started_dul = True  # type: ignore[attr-defined]
+    return True
+
+
+# acceptors negotiating on their DUL thread before their own thread runs (accept_on_dul)
+_UNSTARTED: weakref.WeakSet[Association] = weakref.WeakSet()
+_UNSTARTED_LOCK = threading.Lock()
+
+
+def unstarted_acceptors() -> list[Association]:
+    """The associations :func:`accept_on_dul` set negotiating whose own thread has not
+    started yet (pynetdicom counts open associations by their running threads)."""
+    with _UNSTARTED_LOCK:
+        return [assoc for assoc in _UNSTARTED if not assoc.is_alive()]

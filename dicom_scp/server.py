@@ -190,6 +190,15 @@ class PacsAE(AE):
     ``associate`` between creating the association and starting its DUL (pynetdicom is
     pinned to 3.0.x)."""
 
+    @property
+    def active_associations(self) -> list[Association]:
+        """pynetdicom's (the associations whose thread runs) and those being negotiated by
+        their DUL before their thread runs (:func:`dicom_scp.reactor.accept_on_dul`), so
+        that the maximum number of associations holds."""
+        running = super().active_associations
+        return running + [assoc for assoc in reactor.unstarted_acceptors()
+                          if assoc.ae is self and assoc not in running]
+
     def _create_socket(self, assoc: Association, address: AddressInformation,
                        tls_args: Any) -> AssociationSocket:
         reactor.install(assoc, serves_requests=False)

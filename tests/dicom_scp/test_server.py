@@ -1,6 +1,7 @@
 """Setting associations up (dicom_scp.server): the server's presentation contexts are shared
-by every association, never copied, so negotiation must leave them as they were; and the
-association is created on the server's own thread."""
+by every association, never copied, so negotiation must leave them as they were; the
+association is created on the server's own thread and negotiated by the thread that reads
+its request, and the maximum number of associations holds all the same."""
 
 from __future__ import annotations
 
@@ -210,3 +211,81 @@ def test_pynetdicom_standard_log_handlers_are_unbound_while_its_logger_is_quiet(
     assert served
     handlers = served[0].get_handlers(evt.EVT_PDU_RECV)
     assert all(handler[0] is not standard_pdu_recv_handler for handler in handlers)
+
+
+def test_associations_are_negotiated_by_the_thread_that_reads_the_request(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    seen: list[tuple[str, bool]] = []
+    for event_type in (evt.EVT_REQUESTED, evt.EVT_ACCEPTED):
+        archive.service.server.bind(  # type: ignore[union-attr]
+            event_type, lambda event: seen.append(
+                (event.event.name, threading.current_thread() is event.assoc.dul)))
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert seen == [("EVT_REQUESTED", True), ("EVT_ACCEPTED", True)]
+
+
+def _slow_thread_starts(archive: RunningArchive, delay: float) -> None:
+    """Hold the server thread ``delay`` seconds before it starts each association's thread
+    (a handler after the archive's own at EVT_CONN_OPEN): the DUL, already started,
+    negotiates meanwhile."""
+    archive.service.server.bind(  # type: ignore[union-attr]
+        evt.EVT_CONN_OPEN, lambda event: time.sleep(delay))
+
+
+def _running_acceptors(archive: RunningArchive) -> int:
+    return len(archive.service.server.active_associations)  # type: ignore[union-attr]
+
+
+def test_association_limit_counts_those_whose_thread_has_not_started(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """PACS_MAX_ASSOCIATIONS: one more is refused as local-limit-exceeded (PS3.8 9.3.4:
+    transient, service-provider presentation related, reason 2), even while the newcomer's
+    own thread has not started (pynetdicom counts running threads)."""
+    archive = make_archive(precompute_metadata=False, max_associations=1)
+    _slow_thread_starts(archive, 0.3)
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert held.is_established
+    deadline = time.monotonic() + 10
+    while _running_acceptors(archive) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _running_acceptors(archive) == 1
+    with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+        sock.sendall(_associate_rq("MINIPACS", str(Verification), ImplicitVRLittleEndian))
+        kind, _, length = struct.unpack(">BBI", sock.recv(6))
+        body = sock.recv(length)
+    assert kind == 0x03  # A-ASSOCIATE-RJ
+    assert tuple(body[1:4]) == (2, 3, 2)
+    held.release()
+    deadline = time.monotonic() + 10
+    while _running_acceptors(archive) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    again = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+    assert again.is_established and again.send_c_echo().Status == 0
+    again.release()
+
+
+def test_release_before_the_association_thread_runs_is_answered(
+        make_archive: Callable[..., RunningArchive], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer may release as soon as it is accepted, before the association's thread first
+    waits for work: the request must not be missed until that wait ends (MESSAGE_WAIT,
+    made long here so that a miss shows as a release timing out into an abort)."""
+    from dicom_scp import reactor
+
+    monkeypatch.setattr(reactor, "MESSAGE_WAIT", 60.0)
+    archive = make_archive(precompute_metadata=False)
+    _slow_thread_starts(archive, 0.2)
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = 10
+    for _ in range(2):
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+        assert assoc.is_established
+        assoc.release()
+        assert assoc.is_released and not assoc.is_aborted
