@@ -75,6 +75,7 @@ class ResponsiveDUL(DULServiceProvider):
     inbound: Any = None  # a dicom_scp.inbound.InboundReader: reads PDUs while established
     _acted = False  # the state machine has left Sta1 (see receive_pdu)
     negotiates = False  # answers the A-ASSOCIATE-RQ itself (accept_on_dul), until it has
+    answers_release = False  # answers an A-RELEASE-RQ itself when the association is idle
 
     def enable_wakeups(self) -> None:
         pair = socket.socketpair()
@@ -163,7 +164,14 @@ class ResponsiveDUL(DULServiceProvider):
             self.state_machine.do_action(event)
             self._acted = True
             idle = False
-            if self.negotiates and self.state_machine.current_state == "Sta3":
+            if self.answers_release and self.state_machine.current_state == "Sta8":
+                # an A-RELEASE-RQ was just handed up (AR-2)
+                try:
+                    cast(ResponsiveAssociation, self.assoc).answer_release_on_dul()
+                except Exception as exc:  # noqa: BLE001 - as below
+                    self._abort_broken(exc)
+                    return
+            elif self.negotiates and self.state_machine.current_state == "Sta3":
                 # the A-ASSOCIATE indication was just handed up: answer it here; the answer
                 # (an A-ASSOCIATE response primitive) is sent by the next pass
                 self.negotiates = False
@@ -291,6 +299,7 @@ class ResponsiveAssociation(QuickEnd):
     its unconditional 1 ms sleep replaced by a wait on the DIMSE queue."""
 
     _negotiated: threading.Event | None = None  # set by accept_on_dul
+    _serving: threading.Lock  # held by the association thread while it serves or checks
 
     def negotiate_on_dul(self) -> None:
         """Answer the A-ASSOCIATE-RQ the DUL just handed up, on the DUL thread: pynetdicom's
@@ -354,12 +363,34 @@ class ResponsiveAssociation(QuickEnd):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self._peer_ended() or not self.dul.is_alive() or self._timed_out():
+            with self._serving:  # the DUL answers a release only while this thread is idle
+                if self._kill:  # it did (answer_release_on_dul)
+                    break
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg:
+                    self._serve_request(msg, cast(int, context_id))
+                ended = self._peer_ended() or not self.dul.is_alive() or self._timed_out()
+            if ended:
                 self.kill()
                 return
+        self.kill()  # ended by the DUL: stop it once idle (a no-op if already stopped)
+
+    def answer_release_on_dul(self) -> None:
+        """Answer the A-RELEASE-RQ the DUL just handed up, on the DUL thread, if this
+        association's thread is idle (serving no message, none waiting): the A-RELEASE-RP
+        then goes out in the DUL's next pass rather than after two thread hand-overs.
+        Otherwise the association thread answers it, after the message it serves."""
+        if not self._serving.acquire(blocking=False):
+            return
+        try:
+            if self._kill or not self.dimse.msg_queue.empty() or not self._peer_ended():
+                return
+            self._kill = True  # the association thread ends (and stops the DUL)
+        finally:
+            self._serving.release()
+        pending = self.dimse.msg_queue
+        with pending.not_empty:
+            pending.not_empty.notify_all()
 
     def _peer_ended(self) -> bool:
         """A release requested or an abort (either side): answered as pynetdicom does."""
@@ -408,6 +439,9 @@ def install(assoc: Association, *, serves_requests: bool = True) -> None:
     hands up to the association (a release request, an abort)."""
     if type(assoc) in (Association, QuickEnd):
         assoc.__class__ = ResponsiveAssociation if serves_requests else QuickEnd
+    if isinstance(assoc, ResponsiveAssociation):
+        assoc._serving = threading.Lock()
+        _remember_release_requests(assoc)
     dul = assoc.dul
     if type(dul) is not DULServiceProvider:
         return
@@ -435,6 +469,26 @@ def install(assoc: Association, *, serves_requests: bool = True) -> None:
     dul.to_user_queue.put = primitive  # type: ignore[method-assign]
 
 
+def _remember_release_requests(assoc: Association) -> None:
+    """Once ``assoc``'s ACSE has seen an A-RELEASE-RQ, it stays seen.
+
+    pynetdicom's ``ACSE.is_release_requested`` takes the A-RELEASE primitive off the queue
+    when it finds it. Its query/retrieve service classes call it between the responses of a
+    C-FIND, C-GET or C-MOVE and then only stop, so a release requested meanwhile was never
+    answered: the association stayed open (Sta8) until the peer gave up and aborted, or the
+    network timeout. The association's loop now finds the request and answers it."""
+    acse = assoc.acse
+    check = acse.is_release_requested
+    seen = False
+
+    def is_release_requested() -> bool:
+        nonlocal seen
+        seen = seen or check()
+        return seen
+
+    acse.is_release_requested = is_release_requested  # type: ignore[method-assign]
+
+
 def accept_on_dul(assoc: Association) -> bool:
     """Have ``assoc``'s DUL thread (started here, before the association's) negotiate the
     association it accepts (:meth:`ResponsiveAssociation.negotiate_on_dul`): the
@@ -449,7 +503,7 @@ def accept_on_dul(assoc: Association) -> bool:
         _UNSTARTED.add(assoc)
     # Thread.run calls the target bound in Association.__init__, before install's switch
     assoc._target = make_target(assoc.run_reactor)  # type: ignore[attr-defined]
-    dul.negotiates = True
+    dul.negotiates = dul.answers_release = True
     dul.start()
     assoc._started_dul = True  # type: ignore[attr-defined]
     return True

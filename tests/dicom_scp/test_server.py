@@ -1,7 +1,9 @@
 """Setting associations up (dicom_scp.server): the server's presentation contexts are shared
 by every association, never copied, so negotiation must leave them as they were; the
 association is created on the server's own thread and negotiated by the thread that reads
-its request, and the maximum number of associations holds all the same."""
+its request, and the maximum number of associations holds all the same; a release is
+answered by that thread when the association is idle, after the request in progress when
+not."""
 
 from __future__ import annotations
 
@@ -289,3 +291,80 @@ def test_release_before_the_association_thread_runs_is_answered(
         assert assoc.is_established
         assoc.release()
         assert assoc.is_released and not assoc.is_aborted
+
+
+def _released_on(archive: RunningArchive) -> list[bool]:
+    """For each association the archive releases: whether its DUL thread answered."""
+    answered: list[bool] = []
+    archive.service.server.bind(  # type: ignore[union-attr]
+        evt.EVT_RELEASED,
+        lambda event: answered.append(threading.current_thread() is event.assoc.dul))
+    return answered
+
+
+def test_release_of_an_idle_association_is_answered_by_its_dul(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    answered = _released_on(archive)
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    for _ in range(3):
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert assoc.is_released
+    assert answered == [True] * 3
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, "connection closed"
+            data += chunk
+        return data
+
+    kind, length = struct.unpack(">BxI", exactly(6))
+    return kind, exactly(length)
+
+
+def test_release_during_a_request_is_answered_after_it(
+        make_archive: Callable[..., RunningArchive], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release requested while the association's thread still answers a C-FIND waits for
+    the final response (the DUL does not answer it then)."""
+    from dicom_scp import wire
+    from dicom_scp.subops import command_elements
+
+    archive = make_archive(precompute_metadata=False)
+    answered = _released_on(archive)
+    search = archive.svc.query.search
+
+    def slow_search(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(archive.svc.query, "search", slow_search)
+    model = str(StudyRootQueryRetrieveInformationModelFind)
+    command = wire.command_set(CommandField=0x0020, MessageID=1, AffectedSOPClassUID=model,
+                               Priority=0, CommandDataSetType=wire.DATA_SET)
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ""
+    identifier = pydicom.filebase.DicomBytesIO()
+    identifier.is_little_endian, identifier.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(identifier, query)
+    with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+        sock.sendall(_associate_rq("MINIPACS", model, ImplicitVRLittleEndian))
+        assert _read_pdu(sock)[0] == 0x02
+        sock.sendall(wire.message_pdus(1, command, identifier.getvalue(), 16384)
+                     + struct.pack(">BxI", 0x05, 4) + bytes(4))
+        kinds, statuses = [], []
+        while not kinds or kinds[-1] == 0x04:
+            kind, body = _read_pdu(sock)
+            kinds.append(kind)
+            if kind == 0x04 and body[5] & wire.COMMAND:
+                status = command_elements(body[6:])[0x0900]
+                statuses.append(struct.unpack("<H", status)[0])
+    assert kinds[-1] == 0x06 and set(kinds[:-1]) == {0x04}  # A-RELEASE-RP after the P-DATA
+    assert statuses[-1] == 0x0000
+    assert answered == [False]
