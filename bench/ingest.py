@@ -1,7 +1,9 @@
 """C-STORE ingest benchmark: DCMTK ``storescu`` pushing the same seeded CT data set into
 DCMTK ``storescp`` (the ceiling: no index), Orthanc (Debian package) and our archive on the
 embedded pair and on PostgreSQL + S3 (SeaweedFS), alternating targets, with 1 and 4
-associations. Prints a table of medians with ratios to Orthanc, writes JSON and Markdown.
+associations, and with one association per instance (:mod:`bench.rawstore`, the first
+``--per-instance`` objects: senders that associate for each image pay the set-up and release
+each time). Prints a table of medians with ratios to Orthanc, writes JSON and Markdown.
 
 Our archive runs as ``pacs serve`` with its deployment defaults (one DICOM process per core,
 ``PACS_MAX_PDU``), and the benchmark waits until every worker process accepts associations.
@@ -11,10 +13,10 @@ targets' work folders are removed at the end of the run, not between pushes (see
 :data:`RECENTLY_DELETED`), unless the disk runs short.
 
 Run with ``make bench`` (installs orthanc/dcmtk when root). Options: ``--instances``,
-``--rounds``, ``--quick``, ``--targets``, ``--assoc``, ``--save-as`` (``make bench-memory``:
-``--instances 10000 --rounds 1 --assoc 4 --targets pacs-embedded,pacs-postgres-s3 --save-as
-ingest-10k-memory``, RSS while 10,000 instances go in), ``--pacs-env KEY=VALUE``
-(experiments).
+``--rounds``, ``--quick``, ``--targets``, ``--assoc``, ``--per-instance``, ``--save-as``
+(``make bench-memory``: ``--instances 10000 --rounds 1 --assoc 4 --targets
+pacs-embedded,pacs-postgres-s3 --save-as ingest-10k-memory``, RSS while 10,000 instances go
+in), ``--pacs-env KEY=VALUE`` (experiments).
 
 Scaling (``--preloaded DIR``, run by ``make bench-scale``): DIR is a work folder of
 ``bench/query.py`` holding Orthanc and the archive loaded with N studies; each round pushes
@@ -42,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -314,6 +317,8 @@ def make_data(work: Path, instances: int, parts: int) -> list[Path]:
 
 
 ALL_TARGETS = ("storescp", "orthanc", "pacs-embedded", *S3_TARGETS)
+EACH = "each"  # one association per instance (bench.rawstore)
+MODES = ("1", "4", EACH)
 
 
 def main() -> None:
@@ -323,7 +328,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200 instances, 1 round")
     parser.add_argument("--targets", default=",".join(ALL_TARGETS),
                         help="comma-separated subset of " + ", ".join(ALL_TARGETS))
-    parser.add_argument("--assoc", default="1,4", help="association counts to run (1, 4 or both)")
+    parser.add_argument("--assoc", default="1,4,each",
+                        help="what to run: 1 and/or 4 storescu associations, 'each': one "
+                             "association per instance")
+    parser.add_argument("--per-instance", type=int, default=300, metavar="N",
+                        help="objects sent with one association each (default: 300)")
     parser.add_argument("--pacs-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra PACS_* setting for our archive (experiments)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
@@ -338,11 +347,22 @@ def main() -> None:
     wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.preloaded is not None:  # scaling: the targets bench/query.py loads
         wanted = [t for t in wanted if t in ("orthanc", "pacs-embedded")]
-    assocs = [a.strip() for a in args.assoc.split(",") if a.strip() in ("1", "4")]
+    assocs = [a.strip() for a in args.assoc.split(",") if a.strip() in MODES]
+    if args.preloaded is not None:  # scaling compares storescu pushes
+        assocs = [a for a in assocs if a != EACH]
     extra = dict(item.split("=", 1) for item in args.pacs_env)
     work = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
     print(f"generating {args.instances} CT instances (512x512) in {work}", flush=True)
-    data = {a: make_data(work / f"data{a}", args.instances, int(a)) for a in assocs}
+    data = {a: make_data(work / f"data{a}", args.instances, int(a))
+            for a in assocs if a != EACH}
+    singles: list[Any] = []
+    if EACH in assocs:
+        from bench.rawstore import load
+
+        files = sorted((data.get("1") or make_data(work / "data1", args.instances, 1))[0]
+                       .glob("*.dcm"))
+        singles = [load(path) for path in files[:args.per_instance]]
+    counts = {a: len(singles) if a == EACH else args.instances for a in assocs}
     pg = s3 = None
     if any(name in wanted for name in S3_TARGETS):
         pg = start_postgres(work / "pg")
@@ -377,7 +397,9 @@ def main() -> None:
             results[in_s3(name)] = {a: [] for a in assocs}
     memory: dict[str, dict[str, list[dict[str, float]]]] = {
         n: {a: [] for a in assocs} for n in wanted if n.startswith("pacs")}
-    trash = Trash(work, sum(p.stat().st_size for p in (work / f"data{assocs[0]}").rglob("*.dcm")))
+    trash = Trash(work, sum(p.stat().st_size for p in (work / "data1").rglob("*.dcm"))
+                  if (work / "data1").exists()
+                  else sum(p.stat().st_size for p in (work / "data4").rglob("*.dcm")))
     try:
         for rnd in range(args.rounds):
             for assoc in assocs:
@@ -404,17 +426,23 @@ def main() -> None:
                     drained = None
                     try:
                         with sampler:
-                            secs = push(port, target.ae_title, data[assoc])
+                            if assoc == EACH:
+                                from bench.rawstore import push_per_association
+
+                                secs = push_per_association(port, target.ae_title, singles)
+                            else:
+                                secs = push(port, target.ae_title, data[assoc])
                         if target.name in S3_TARGETS:
                             drained = secs + wait_uploaded(tdir / "data" / "spool")
                     finally:
                         stop(proc)
-                    rate = args.instances / secs
+                    count = counts[assoc]
+                    rate = count / secs
                     results[target.name][assoc].append(rate)
                     line = f"round {rnd + 1} {assoc} assoc {target.name:25s} {rate:7.1f} inst/s"
                     if drained is not None:
-                        results[in_s3(target.name)][assoc].append(args.instances / drained)
-                        line += f" ({args.instances / drained:.1f} inst/s until all in S3)"
+                        results[in_s3(target.name)][assoc].append(count / drained)
+                        line += f" ({count / drained:.1f} inst/s until all in S3)"
                     if target.name in memory:
                         rss = sampler.summary()
                         memory[target.name][assoc].append(rss)
@@ -443,22 +471,26 @@ def report(results: dict[str, dict[str, list[float]]],
              f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; {args.instances} CT instances 512x512, "
              f"{args.rounds} round(s), medians; storescu with TCP_NODELAY=1. Our archive: "
-             f"`pacs serve` defaults{' + ' + ' '.join(args.pacs_env) if args.pacs_env else ''}.",
+             f"`pacs serve` defaults{' + ' + ' '.join(args.pacs_env) if args.pacs_env else ''}."
+             + (f" One association per instance: the first {args.per_instance} instances, "
+                "one after the other, each with an association of its own (`bench/rawstore.py`)."
+                if any(EACH in r for r in med.values()) else ""),
              "",
-             "| target | 1 assoc (inst/s) | ratio to Orthanc | 4 assoc (inst/s) | ratio to Orthanc |",
-             "|---|---|---|---|---|"]
+             "| target | 1 assoc (inst/s) | ratio to Orthanc | 4 assoc (inst/s) | ratio to Orthanc "
+             "| 1 assoc per instance (inst/s) | ratio to Orthanc |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in med.items():
         cells = []
-        for a in ("1", "4"):
+        for a in MODES:
             v = r.get(a)
             ratio = f"{v / ref[a]:.2f}x" if v and ref.get(a) else "-"
             cells += [f"{v:.1f}" if v else "-", ratio]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     rounds = results.get("orthanc", {})
     ours = results.get("pacs-embedded", {})
-    per_round = [f"{a} assoc " + ", ".join(f"{u / o:.2f}x" for u, o in
-                                           zip(ours[a], rounds[a], strict=True))
-                 for a in ("1", "4") if ours.get(a) and rounds.get(a)]
+    per_round = [("1 assoc per instance " if a == EACH else f"{a} assoc ")
+                 + ", ".join(f"{u / o:.2f}x" for u, o in zip(ours[a], rounds[a], strict=True))
+                 for a in MODES if ours.get(a) and rounds.get(a)]
     if per_round and args.rounds > 1:  # how far apart the rounds are on this machine
         lines += ["", "pacs-embedded against Orthanc round by round (each round pushes to "
                   "every target in turn): " + "; ".join(per_round) + "."]
@@ -497,7 +529,8 @@ def report(results: dict[str, dict[str, list[float]]],
     (RESULTS / f"{args.save_as}.md").write_text(text)
     (RESULTS / f"{args.save_as}.json").write_text(json.dumps(
         {"results": results, "medians": med, "memory_mib": memory, "instances": args.instances,
-         "rounds": args.rounds, "pacs_env": args.pacs_env, "machine": platform.platform()},
+         "per_instance": args.per_instance, "rounds": args.rounds, "pacs_env": args.pacs_env,
+         "machine": platform.platform()},
         indent=2))
 
 

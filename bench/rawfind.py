@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -39,9 +40,11 @@ def _uid(value: str) -> bytes:
     return value.encode("ascii")
 
 
-def _associate_rq(calling: str, called: str) -> bytes:
-    context = _item(0x20, bytes([_CONTEXT_ID, 0, 0, 0]) + _item(0x30, _uid(STUDY_ROOT_FIND))
-                    + _item(0x40, _uid(IMPLICIT_LE)))
+def _associate_rq(calling: str, called: str, abstract_syntax: str = STUDY_ROOT_FIND,
+                  transfer_syntax: str = IMPLICIT_LE) -> bytes:
+    """An A-ASSOCIATE-RQ with one presentation context (ID 1)."""
+    context = _item(0x20, bytes([_CONTEXT_ID, 0, 0, 0]) + _item(0x30, _uid(abstract_syntax))
+                    + _item(0x40, _uid(transfer_syntax)))
     user = _item(0x50, _item(0x51, struct.pack(">I", _MAX_PDU))
                  + _item(0x52, _uid(_IMPLEMENTATION_UID)))
     body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + calling.encode().ljust(16)
@@ -60,6 +63,51 @@ def identifier(keys: dict[str, str]) -> bytes:
     out.is_little_endian, out.is_implicit_VR = True, True
     write_dataset(out, ds)
     return out.getvalue()
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """(PDU type, variable field) of the next PDU on ``sock``."""
+    def exactly(size: int) -> bytes:
+        parts = []
+        while size:
+            chunk = sock.recv(min(size, 1 << 20))
+            if not chunk:
+                raise RuntimeError("connection closed")
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+
+    kind, length = struct.unpack(">BxI", exactly(6))
+    return kind, exactly(length)
+
+
+def _ac_items(body: bytes, pos: int = 68) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of the items of ``body`` from ``pos`` (68: after the fixed fields of an
+    A-ASSOCIATE-AC, PS3.8 9.3.3; sub-items of user information: 0)."""
+    while pos + 4 <= len(body):
+        kind, length = struct.unpack_from(">BxH", body, pos)
+        yield kind, body[pos + 4:pos + 4 + length]
+        pos += 4 + length
+
+
+def check_context(body: bytes, what: str) -> None:
+    """Raise unless the A-ASSOCIATE-AC ``body`` accepts the presentation context."""
+    for kind, value in _ac_items(body):
+        if kind == 0x21 and value[0] == _CONTEXT_ID:
+            if value[2] != 0:
+                raise RuntimeError(f"{what} context refused (result {value[2]})")
+            return
+    raise RuntimeError(f"no answer for the {what} presentation context")
+
+
+def max_pdu(body: bytes) -> int:
+    """The Maximum Length Received of an A-ASSOCIATE-AC ``body`` (0: no limit)."""
+    for kind, value in _ac_items(body):
+        if kind == 0x50:  # user information
+            for sub_kind, sub in _ac_items(value, 0):
+                if sub_kind == 0x51:
+                    return int(struct.unpack(">I", sub[:4])[0])
+    return 0
 
 
 # an association idle this long is replaced before the next query (untimed): SCPs close
@@ -97,29 +145,10 @@ class RawFind:
         self._last = time.monotonic()
 
     def _check_context(self, body: bytes) -> None:
-        pos = 68  # after the fixed fields of an A-ASSOCIATE-AC (PS3.8 9.3.3)
-        while pos + 4 <= len(body):
-            kind, length = struct.unpack_from(">BxH", body, pos)
-            if kind == 0x21 and body[pos + 4] == _CONTEXT_ID:
-                if body[pos + 6] != 0:
-                    raise RuntimeError(f"C-FIND context refused (result {body[pos + 6]})")
-                return
-            pos += 4 + length
-        raise RuntimeError("no answer for the C-FIND presentation context")
-
-    def _recv(self, size: int) -> bytes:
-        parts = []
-        while size:
-            chunk = self._sock.recv(min(size, 1 << 20))
-            if not chunk:
-                raise RuntimeError("connection closed")
-            parts.append(chunk)
-            size -= len(chunk)
-        return b"".join(parts)
+        check_context(body, "C-FIND")
 
     def _read_pdu(self) -> tuple[int, bytes]:
-        kind, length = struct.unpack(">BxI", self._recv(6))
-        return kind, self._recv(length)
+        return read_pdu(self._sock)
 
     def find(self, keys: dict[str, str]) -> tuple[float, int]:
         """(milliseconds from the request's first byte to the final response's last byte,

@@ -22,7 +22,8 @@ subclasses that keep pynetdicom's logic and change only the waiting:
 :func:`accept_on_dul` (at EVT_CONN_OPEN too) has the DUL thread negotiate the association
 itself: it starts at once, reads the A-ASSOCIATE-RQ and answers it in the same pass, where
 pynetdicom hands the request up to the association thread and the answer back down (two
-thread hand-overs, and the DUL started only once the association thread runs).
+thread hand-overs, and the DUL started only once the association thread runs). It answers
+the release of an idle association the same way.
 
 Both classes depend on pynetdicom internals (pinned in pyproject.toml); the tests exercise
 them through every DIMSE service.
