@@ -117,18 +117,23 @@ def test_associations_are_created_on_the_server_thread(
     assert threads == ["dicom-server"] * 3
 
 
-def _associate_rq(called: str, abstract_syntax: str, transfer_syntax: str) -> bytes:
-    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) with one presentation context, built by hand so that
-    it can carry UIDs pynetdicom's own requestor would refuse to send."""
+def _associate_rq(called: str, abstract_syntax: str | list[str], transfer_syntax: str,
+                  calling: str = "RAWSCU") -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) with a presentation context per abstract syntax,
+    built by hand so that it can carry UIDs pynetdicom's own requestor would refuse to
+    send."""
     def item(kind: int, value: bytes) -> bytes:
         return struct.pack(">BxH", kind, len(value)) + value
 
-    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, abstract_syntax.encode())
-                   + item(0x40, transfer_syntax.encode()))
+    syntaxes = [abstract_syntax] if isinstance(abstract_syntax, str) else abstract_syntax
+    contexts = b"".join(
+        item(0x20, bytes([2 * n + 1, 0, 0, 0]) + item(0x30, syntax.encode())
+             + item(0x40, transfer_syntax.encode()))
+        for n, syntax in enumerate(syntaxes))
     user = item(0x50, item(0x51, struct.pack(">I", 16384))
                 + item(0x52, b"1.2.826.0.1.3680043.8.498.1"))
-    body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + b"RAWSCU".ljust(16)
-            + bytes(32) + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
+    body = (struct.pack(">H2x", 1) + called.encode().ljust(16) + calling.encode().ljust(16)
+            + bytes(32) + item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + user)
     return struct.pack(">BxI", 0x01, len(body)) + body
 
 
@@ -367,4 +372,54 @@ def test_release_during_a_request_is_answered_after_it(
                 statuses.append(struct.unpack("<H", status)[0])
     assert kinds[-1] == 0x06 and set(kinds[:-1]) == {0x04}  # A-RELEASE-RP after the P-DATA
     assert statuses[-1] == 0x0000
+    deadline = time.monotonic() + 10  # EVT_RELEASED may come just after the A-RELEASE-RP
+    while not answered and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert answered == [False]
+
+
+def test_long_association_requests_are_decoded_once_for_the_same_bytes(
+        make_archive: Callable[..., RunningArchive], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer proposing many contexts sends the same request each time: decoded once
+    (dicom_scp.reactor.decoded_request), answered the same every time; a request that does
+    not decode is refused every time."""
+    from pynetdicom.sop_class import _STORAGE_CLASSES
+
+    from dicom_scp import reactor
+
+    archive = make_archive(precompute_metadata=False)
+    decodes: list[int] = []
+    decode = reactor.A_ASSOCIATE_RQ.decode
+
+    def counted(self: Any, data: bytes) -> None:
+        decodes.append(len(data))
+        decode(self, data)
+
+    monkeypatch.setattr(reactor.A_ASSOCIATE_RQ, "decode", counted)
+    monkeypatch.setattr(reactor, "_REQUESTS", type(reactor._REQUESTS)())
+    many = sorted(_STORAGE_CLASSES.values())[:60]
+    request = _associate_rq("MINIPACS", many, ImplicitVRLittleEndian)
+    assert len(request) >= reactor.REQUEST_CACHE_MIN
+    answers = []
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+            sock.sendall(request)
+            kind, body = _read_pdu(sock)
+            sock.sendall(struct.pack(">BxI", 0x05, 4) + bytes(4))
+            assert _read_pdu(sock)[0] == 0x06
+        assert kind == 0x02
+        answers.append(body[68:])  # the items: contexts and their results, user information
+    assert len(decodes) == 1 and answers[0] == answers[1] == answers[2]
+    # another calling AE title: other bytes, decoded for themselves
+    other = _associate_rq("MINIPACS", many, ImplicitVRLittleEndian, calling="OTHERSCU")
+    assert _answer(archive.port, other) == 0x02
+    assert len(decodes) == 2
+    # short requests are decoded as pynetdicom does (nothing kept)
+    assert _answer(archive.port, _associate_rq("MINIPACS", str(Verification),
+                                               ImplicitVRLittleEndian)) == 0x02
+    assert len(reactor._REQUESTS) == 2
+    too_long = "1.2.826.0.1.3680043.8.498." + "1" * 50
+    bad = _associate_rq("MINIPACS", [*many, too_long], ImplicitVRLittleEndian)
+    for _ in range(2):
+        assert _answer(archive.port, bad) in (0, 0x07)
+    assert len(reactor._REQUESTS) == 2
