@@ -102,18 +102,24 @@ def test_negotiation_leaves_the_shared_contexts_unchanged(
     assert _snapshot(contexts) == before
 
 
+def _echo(archive: RunningArchive, times: int = 1) -> None:
+    """Associations that each send C-ECHO and release."""
+    ae = AE("ECHOSCU")
+    ae.add_requested_context(Verification)
+    for _ in range(times):
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert assoc.is_released
+
+
 def test_associations_are_created_on_the_server_thread(
         make_archive: Callable[..., RunningArchive]) -> None:
     archive = make_archive(precompute_metadata=False)
     threads: list[str] = []
     archive.service.server.bind(  # type: ignore[union-attr]
         evt.EVT_CONN_OPEN, lambda event: threads.append(threading.current_thread().name))
-    ae = AE("ECHOSCU")
-    ae.add_requested_context(Verification)
-    for _ in range(3):
-        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
-        assert assoc.is_established and assoc.send_c_echo().Status == 0
-        assoc.release()
+    _echo(archive, 3)
     assert threads == ["dicom-server"] * 3
 
 
@@ -228,11 +234,7 @@ def test_associations_are_negotiated_by_the_thread_that_reads_the_request(
         archive.service.server.bind(  # type: ignore[union-attr]
             event_type, lambda event: seen.append(
                 (event.event.name, threading.current_thread() is event.assoc.dul)))
-    ae = AE("ECHOSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
-    assert assoc.is_established and assoc.send_c_echo().Status == 0
-    assoc.release()
+    _echo(archive)
     assert seen == [("EVT_REQUESTED", True), ("EVT_ACCEPTED", True)]
 
 
@@ -311,13 +313,7 @@ def test_release_of_an_idle_association_is_answered_by_its_dul(
         make_archive: Callable[..., RunningArchive]) -> None:
     archive = make_archive(precompute_metadata=False)
     answered = _released_on(archive)
-    ae = AE("ECHOSCU")
-    ae.add_requested_context(Verification)
-    for _ in range(3):
-        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
-        assert assoc.is_established and assoc.send_c_echo().Status == 0
-        assoc.release()
-        assert assoc.is_released
+    _echo(archive, 3)
     assert answered == [True] * 3
 
 
