@@ -331,8 +331,8 @@ def main() -> None:
     parser.add_argument("--assoc", default="1,4,each",
                         help="what to run: 1 and/or 4 storescu associations, 'each': one "
                              "association per instance")
-    parser.add_argument("--per-instance", type=int, default=300, metavar="N",
-                        help="objects sent with one association each (default: 300)")
+    parser.add_argument("--per-instance", type=int, default=500, metavar="N",
+                        help="objects sent with one association each (default: 500)")
     parser.add_argument("--pacs-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra PACS_* setting for our archive (experiments)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
