@@ -7,6 +7,7 @@ not."""
 
 from __future__ import annotations
 
+import copy
 import socket
 import struct
 import threading
@@ -419,3 +420,60 @@ def test_long_association_requests_are_decoded_once_for_the_same_bytes(
     for _ in range(2):
         assert _answer(archive.port, bad) in (0, 0x07)
     assert len(reactor._REQUESTS) == 2
+
+
+def test_associations_set_up_and_ended_concurrently_lose_nothing(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """Senders that associate for each image, at once, with peers that abort after C-ECHO
+    and peers that hang up before, during or after their request: every store is
+    acknowledged and indexed, and no association is left open."""
+    from pydicom.uid import generate_uid
+
+    from pacs.index.attributes import Level
+
+    archive = make_archive(precompute_metadata=False)
+    template = pydicom.dcmread(testdata("CT_small.dcm"))
+    study = generate_uid()
+    failures: list[str] = []
+
+    def sender(n: int) -> None:
+        ae = AE(f"SENDER{n}")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        for _ in range(12):
+            ds = copy.deepcopy(template)
+            ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
+            assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+            status = assoc.send_c_store(ds).Status if assoc.is_established else None
+            if status != 0:
+                failures.append(f"store: {status}")
+            assoc.release()
+
+    def aborter() -> None:
+        ae = AE("ABORTER")
+        ae.add_requested_context(Verification)
+        for _ in range(12):
+            assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+            if not assoc.is_established or assoc.send_c_echo().Status != 0:
+                failures.append("echo")
+            assoc.abort()
+
+    def hang_up() -> None:
+        request = _associate_rq("MINIPACS", str(Verification), ImplicitVRLittleEndian)
+        for n in range(24):
+            with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+                sock.sendall((b"", request[:20], request)[n % 3])
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=aborter), threading.Thread(target=hang_up)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    stored = archive.svc.retrieve.find_instances(
+        None, Level.STUDY, {"StudyInstanceUID": study})  # type: ignore[arg-type]
+    assert len(stored) == 36
+    deadline = time.monotonic() + 20
+    while _running_acceptors(archive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running_acceptors(archive) == 0
