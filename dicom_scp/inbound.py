@@ -41,7 +41,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from dicom_scp import wire
-from dicom_scp.receive import ReceivedDataset
+from dicom_scp.receive import ReceivedDataset, ensure_dir
 from dicom_scp.subops import command_elements
 from pacs.dicom.header import file_meta_bytes
 
@@ -336,7 +336,7 @@ def install(assoc: Association, serve: Serve, tmp_dir: Path, limit: int = -1,
     sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
     if type(sock) is not socket.socket or not isinstance(assoc.dul, ResponsiveDUL):
         return False
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(tmp_dir)
     if assoc.network_timeout is not None:
         # a peer that stops in the middle of a PDU is dropped after the network timeout
         # (the DUL waits in recv(); between PDUs the association's idle timer applies)

@@ -451,7 +451,11 @@ def install(assoc: Association, *, serves_requests: bool = True) -> None:
     that wakes every millisecond to find nothing costs ~3 % of a core per association), so
     whatever they wait for wakes them: an event another thread queues for the DUL (the
     transport closed, a PDU read by :mod:`dicom_scp.subops`) and every primitive the DUL
-    hands up to the association (a release request, an abort)."""
+    hands up to the association (a release request, an abort). Installing twice changes
+    nothing (the server prepares its next acceptor ahead, :mod:`dicom_scp.server`)."""
+    if getattr(assoc, "_responsive", False):  # switched already (a prepared acceptor)
+        return
+    assoc._responsive = True  # type: ignore[attr-defined]
     if type(assoc) in (Association, QuickEnd):
         assoc.__class__ = ResponsiveAssociation if serves_requests else QuickEnd
     if isinstance(assoc, ResponsiveAssociation):

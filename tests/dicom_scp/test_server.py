@@ -3,7 +3,7 @@ by every association, never copied, so negotiation must leave them as they were;
 association is created on the server's own thread and negotiated by the thread that reads
 its request, and the maximum number of associations holds all the same; a release is
 answered by that thread when the association is idle, after the request in progress when
-not."""
+not; the server prepares each next acceptor while idle."""
 
 from __future__ import annotations
 
@@ -122,6 +122,63 @@ def test_associations_are_created_on_the_server_thread(
         evt.EVT_CONN_OPEN, lambda event: threads.append(threading.current_thread().name))
     _echo(archive, 3)
     assert threads == ["dicom-server"] * 3
+
+
+def _prepared(archive: RunningArchive) -> Any:
+    """The acceptor the server has prepared for its next connection, once it is ready and
+    fits the server's settings."""
+    server = archive.service.server  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        spare = server.preparer._spare
+        if spare is not None and spare[1] == server.acceptor_settings():
+            return spare[0]
+        time.sleep(0.005)
+    raise AssertionError("no acceptor prepared")
+
+
+def test_connections_take_the_acceptor_prepared_while_idle(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """The server builds its next acceptor ahead (dicom_scp.server.AcceptorPreparer): a
+    connection takes it, with the handlers bound since it was built (the one built before
+    them is dropped), and one prepared is not counted as an open association."""
+    archive = make_archive(precompute_metadata=False)
+    server = archive.service.server  # type: ignore[union-attr]
+    _echo(archive)
+    first = _prepared(archive)
+    assert _running_acceptors(archive) == 0
+    served: list[Any] = []
+    server.bind(evt.EVT_ACCEPTED, lambda event: served.append(event.assoc))
+    prepared = _prepared(archive)
+    assert prepared is not first
+    _echo(archive)
+    assert served == [prepared]
+    assert _prepared(archive) is not prepared
+    assert _running_acceptors(archive) == 0
+
+
+def test_acceptors_prepared_under_other_settings_are_not_used(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    server = archive.service.server  # type: ignore[union-attr]
+    served: list[Any] = []
+    server.bind(evt.EVT_ACCEPTED, lambda event: served.append(event.assoc))
+    stale = _prepared(archive)
+    server.ae.network_timeout = 33
+    _echo(archive)
+    assert len(served) == 1 and served[0] is not stale
+    assert served[0].network_timeout == 33
+    assert _prepared(archive).network_timeout == 33
+
+
+def test_stopping_the_service_stops_its_preparer(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    archive = make_archive(precompute_metadata=False)
+    _echo(archive)
+    preparer = archive.service.server.preparer  # type: ignore[union-attr]
+    assert preparer._thread.is_alive()
+    archive.stop()
+    assert not preparer._thread.is_alive() and preparer._spare is None
 
 
 def _associate_rq(called: str, abstract_syntax: str | list[str], transfer_syntax: str,
