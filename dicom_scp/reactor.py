@@ -19,11 +19,13 @@ subclasses that keep pynetdicom's logic and change only the waiting:
   complete or the DUL hands up a primitive) for at most 50 ms, instead of sleeping 1 ms
   before every look at it.
 
-:func:`accept_on_dul` (at EVT_CONN_OPEN too) has the DUL thread negotiate the association
-itself: it starts at once, reads the A-ASSOCIATE-RQ and answers it in the same pass, where
-pynetdicom hands the request up to the association thread and the answer back down (two
-thread hand-overs, and the DUL started only once the association thread runs). It answers
-the release of an idle association the same way.
+:func:`accept_on_dul` (at EVT_CONN_OPEN too) has the DUL negotiate the association itself:
+it reads the A-ASSOCIATE-RQ and answers it in the same pass, where pynetdicom hands the
+request up to the association thread and the answer back down (two thread hand-overs, and
+the DUL started only once the association thread runs). The server's thread runs those
+passes itself when the request has arrived whole (:meth:`ResponsiveDUL.negotiate_now`), so
+the answer does not wait for either thread to start; otherwise the DUL thread, started
+first, does. The DUL answers the release of an idle association the same way.
 
 Both classes depend on pynetdicom internals (pinned in pyproject.toml); the tests exercise
 them through every DIMSE service.
@@ -35,6 +37,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -59,6 +62,10 @@ KILL_FIRST_WAIT = 0.0001  # first wait of an ending association for its DUL to b
 KILL_LONGEST_WAIT = 0.01  # ...doubling up to pynetdicom's fixed one
 REQUEST_CACHE_MIN = 2048  # association requests this long or longer are decoded once...
 REQUEST_CACHE_SIZE = 32  # ...each, the last ones seen (~100 KiB each with 120 contexts)
+NEGOTIATE_NOW_MAX = 65536  # longest association request negotiated by the server's thread
+NEGOTIATE_NOW_WAIT = 0.002  # how long the server's thread waits for the request to arrive
+PARTIAL_REQUEST_NAP = 0.0001  # its nap while part of the request has arrived
+NEGOTIATE_NOW_PASSES = 6  # passes of the DUL loop it runs at most (three do it)
 
 
 class ResponsiveDUL(DULServiceProvider):
@@ -138,7 +145,7 @@ class ResponsiveDUL(DULServiceProvider):
     def _loop(self) -> None:
         """pynetdicom 3.0's ``DULServiceProvider.run_reactor`` with :meth:`_pause` for its
         nap: each pass encodes and sends one primitive or reads one PDU, then acts on one
-        event of the state machine."""
+        event of the state machine (:meth:`_pass`)."""
         self._idle_timer.start()
         idle = False
         while True:
@@ -149,41 +156,67 @@ class ResponsiveDUL(DULServiceProvider):
                 self._pause()
             if self._kill_thread:
                 break
-            if self.artim_timer.expired:  # its event goes ahead of any other of this pass
-                self.event_queue.put("Evt18")
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:  # noqa: BLE001 - as pynetdicom: abort, bypassing the
-                # state machine, whose state can no longer be trusted
-                self._abort_broken(exc)
+            acted = self._pass()
+            if acted is None:
                 return
+            idle = not acted
+
+    def _pass(self) -> bool | None:
+        """One pass of the loop: whether it acted on an event; None once it aborted the
+        association (an exception, as pynetdicom does)."""
+        if self.artim_timer.expired:  # its event goes ahead of any other of this pass
+            self.event_queue.put("Evt18")
+        try:
+            if self._process_recv_primitive():
+                pass
+            elif self._is_transport_event():
+                self._idle_timer.restart()
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: abort, bypassing the
+            # state machine, whose state can no longer be trusted
+            self._abort_broken(exc)
+            return None
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return False
+        self.state_machine.do_action(event)
+        self._acted = True
+        if self.answers_release and self.state_machine.current_state == "Sta8":
+            # an A-RELEASE-RQ was just handed up (AR-2)
             try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                idle = True
-                continue
-            self.state_machine.do_action(event)
-            self._acted = True
-            idle = False
-            if self.answers_release and self.state_machine.current_state == "Sta8":
-                # an A-RELEASE-RQ was just handed up (AR-2)
-                try:
-                    cast(ResponsiveAssociation, self.assoc).answer_release_on_dul()
-                except Exception as exc:  # noqa: BLE001 - as below
-                    self._abort_broken(exc)
-                    return
-            elif self.negotiates and self.state_machine.current_state == "Sta3":
-                # the A-ASSOCIATE indication was just handed up: answer it here; the answer
-                # (an A-ASSOCIATE response primitive) is sent by the next pass
-                self.negotiates = False
-                try:
-                    cast(ResponsiveAssociation, self.assoc).negotiate_on_dul()
-                except Exception as exc:  # noqa: BLE001 - likewise
-                    self._abort_broken(exc)
-                    return
+                cast(ResponsiveAssociation, self.assoc).answer_release_on_dul()
+            except Exception as exc:  # noqa: BLE001 - as below
+                self._abort_broken(exc)
+                return None
+        elif self.negotiates and self.state_machine.current_state == "Sta3":
+            # the A-ASSOCIATE indication was just handed up: answer it here; the answer
+            # (an A-ASSOCIATE response primitive) is sent by the next pass
+            self.negotiates = False
+            try:
+                cast(ResponsiveAssociation, self.assoc).negotiate_on_dul()
+            except Exception as exc:  # noqa: BLE001 - likewise
+                self._abort_broken(exc)
+                return None
+        return True
+
+    def negotiate_now(self) -> bool:
+        """Read and answer the A-ASSOCIATE-RQ on the calling thread (the server's, before
+        this DUL's thread starts) once the whole request is in the socket's buffer: a peer
+        sends it as soon as it has connected, so it is there by the time the association is
+        set up, or within :data:`NEGOTIATE_NOW_WAIT`. The answer then goes out without
+        waiting for this thread to start (~0.1-0.2 ms each of the two threads), and without
+        sharing the interpreter with them starting. False, and nothing read, when the
+        request is not all there by then (or too long, or not a request): the thread reads
+        it as it comes, and the server's thread goes back to accepting."""
+        sock = getattr(self.socket, "socket", None)
+        if (not self.negotiates or type(sock) is not socket.socket
+                or not _request_waiting(sock, NEGOTIATE_NOW_WAIT)):
+            return False
+        # the connection (Evt5), the request read and negotiated (Evt6), the answer sent
+        for _ in range(NEGOTIATE_NOW_PASSES):
+            if not self._pass() or (not self.negotiates and self.to_provider_queue.empty()):
+                break
+        return True
 
     def _abort_broken(self, exc: Exception) -> None:
         """pynetdicom's answer to an exception in its loop: an A-ABORT sent at once, and the
@@ -275,6 +308,34 @@ class ResponsiveDUL(DULServiceProvider):
         return True
 
 
+def _request_waiting(sock: socket.socket, wait: float) -> bool:
+    """Whether a whole A-ASSOCIATE-RQ PDU of at most :data:`NEGOTIATE_NOW_MAX` bytes is in
+    ``sock``'s receive buffer (looked at, not read), waiting up to ``wait`` seconds for it
+    to arrive."""
+    deadline = time.monotonic() + wait
+    peek = socket.MSG_PEEK | socket.MSG_DONTWAIT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([sock], [], [], max(0.0, left))
+            if not ready:
+                return False
+            head = sock.recv(6, peek)
+            if not head or head[0] != 0x01:  # closed, or not a request: the DUL answers
+                return False
+            if len(head) == 6:
+                size = 6 + struct.unpack(">I", head[2:6])[0]
+                if size > NEGOTIATE_NOW_MAX:
+                    return False
+                if len(sock.recv(size, peek)) == size:
+                    return True
+            if left <= 0:
+                return False
+            time.sleep(PARTIAL_REQUEST_NAP)  # part of it is there: select would not wait
+    except OSError:
+        return False
+
+
 def _close_all(sockets: tuple[socket.socket, ...]) -> None:
     for sock in sockets:
         sock.close()
@@ -317,7 +378,8 @@ class ResponsiveAssociation(QuickEnd):
     _serving: threading.Lock  # held by the association thread while it serves or checks
 
     def negotiate_on_dul(self) -> None:
-        """Answer the A-ASSOCIATE-RQ the DUL just handed up, on the DUL thread: pynetdicom's
+        """Answer the A-ASSOCIATE-RQ the DUL just handed up, on the thread running its loop
+        (the DUL's, or the server's in :meth:`ResponsiveDUL.negotiate_now`): pynetdicom's
         acceptor steps (``Association.run_reactor``). The association's own thread may not
         run yet: :func:`unstarted_acceptors` counts it among the open associations."""
         assert self._negotiated is not None
@@ -509,10 +571,12 @@ def _remember_release_requests(assoc: Association) -> None:
 
 
 def accept_on_dul(assoc: Association) -> bool:
-    """Have ``assoc``'s DUL thread (started here, before the association's) negotiate the
-    association it accepts (:meth:`ResponsiveAssociation.negotiate_on_dul`): the
-    A-ASSOCIATE-AC goes out in the pass that read the request. False, and nothing changed,
-    unless ``assoc`` is an acceptor switched by :func:`install` and not yet running."""
+    """Have ``assoc``'s DUL negotiate the association it accepts
+    (:meth:`ResponsiveAssociation.negotiate_on_dul`): the A-ASSOCIATE-AC goes out in the pass
+    that read the request, run by the calling thread if the request is there
+    (:meth:`ResponsiveDUL.negotiate_now`), else by the DUL thread, started here, before the
+    association's. False, and nothing changed, unless ``assoc`` is an acceptor switched by
+    :func:`install` and not yet running."""
     dul = assoc.dul
     if (not isinstance(assoc, ResponsiveAssociation) or not assoc.is_acceptor
             or not isinstance(dul, ResponsiveDUL) or dul.is_alive() or assoc.is_alive()):
@@ -523,6 +587,7 @@ def accept_on_dul(assoc: Association) -> bool:
     # Thread.run calls the target bound in Association.__init__, before install's switch
     assoc._target = make_target(assoc.run_reactor)  # type: ignore[attr-defined]
     dul.negotiates = dul.answers_release = True
+    dul.negotiate_now()
     dul.start()
     assoc._started_dul = True  # type: ignore[attr-defined]
     return True

@@ -136,9 +136,9 @@ class AcceptorPreparer:
     connects; the acceptor is counted as open only once it has a connection.
     """
 
-    def __init__(self, server: PacsAssociationServer, delay: float = PREPARE_DELAY) -> None:
+    def __init__(self, server: PacsAssociationServer, delay: float | None = None) -> None:
         self._server = server
-        self._delay = delay
+        self._delay = PREPARE_DELAY if delay is None else delay
         self._lock = threading.Lock()
         self._spare: tuple[Association, tuple[Any, ...]] | None = None
         self._wanted = threading.Event()
@@ -151,18 +151,21 @@ class AcceptorPreparer:
         """The acceptor prepared, if one is ready and still fits the server's settings."""
         with self._lock:
             spare, self._spare = self._spare, None
-        if not self._closed:
-            self._wanted.set()
         if spare is None or spare[1] != self._server.acceptor_settings():
             return None
         return spare[0]
+
+    def prepare(self) -> None:
+        """Have the next acceptor prepared, unless one is ready (called once a connection
+        has been handed its acceptor and the association's threads have started)."""
+        if not self._closed and self._spare is None:
+            self._wanted.set()
 
     def discard(self) -> None:
         """Drop the acceptor prepared (the server's handlers changed) and prepare another."""
         with self._lock:
             self._spare = None
-        if not self._closed:
-            self._wanted.set()
+        self.prepare()
 
     def close(self) -> None:
         self._closed = True
@@ -293,6 +296,8 @@ class PacsAssociationServer(ThreadedAssociationServer):
         (``ThreadingMixIn``'s), which only created the association and started its threads:
         one thread start fewer per association (~0.15 ms to the A-ASSOCIATE-AC)."""
         self.process_request_thread(request, client_address)
+        if self.preparer is not None:
+            self.preparer.prepare()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         if self.shared is not None and not self.shared.may_accept():

@@ -1,9 +1,10 @@
 """Setting associations up (dicom_scp.server): the server's presentation contexts are shared
 by every association, never copied, so negotiation must leave them as they were; the
-association is created on the server's own thread and negotiated by the thread that reads
-its request, and the maximum number of associations holds all the same; a release is
-answered by that thread when the association is idle, after the request in progress when
-not; the server prepares each next acceptor while idle."""
+association is set up on the server's own thread and negotiated by the thread that reads
+its request (the server's when it has arrived whole), and the maximum number of
+associations holds all the same; a release is answered by that thread when the
+association is idle, after the request in progress when not; the server prepares each next
+acceptor while idle."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def _echo(archive: RunningArchive, times: int = 1) -> None:
         assert assoc.is_released
 
 
-def test_associations_are_created_on_the_server_thread(
+def test_connections_are_set_up_on_the_server_thread(
         make_archive: Callable[..., RunningArchive]) -> None:
     archive = make_archive(precompute_metadata=False)
     threads: list[str] = []
@@ -137,6 +138,14 @@ def _prepared(archive: RunningArchive) -> Any:
     raise AssertionError("no acceptor prepared")
 
 
+def _no_association_left(archive: RunningArchive) -> None:
+    """Wait for the server's associations to end (their threads finish after the release)."""
+    deadline = time.monotonic() + 10
+    while _running_acceptors(archive) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _running_acceptors(archive) == 0
+
+
 def test_connections_take_the_acceptor_prepared_while_idle(
         make_archive: Callable[..., RunningArchive]) -> None:
     """The server builds its next acceptor ahead (dicom_scp.server.AcceptorPreparer): a
@@ -146,7 +155,7 @@ def test_connections_take_the_acceptor_prepared_while_idle(
     server = archive.service.server  # type: ignore[union-attr]
     _echo(archive)
     first = _prepared(archive)
-    assert _running_acceptors(archive) == 0
+    _no_association_left(archive)  # the one prepared is not counted
     served: list[Any] = []
     server.bind(evt.EVT_ACCEPTED, lambda event: served.append(event.assoc))
     prepared = _prepared(archive)
@@ -154,7 +163,7 @@ def test_connections_take_the_acceptor_prepared_while_idle(
     _echo(archive)
     assert served == [prepared]
     assert _prepared(archive) is not prepared
-    assert _running_acceptors(archive) == 0
+    _no_association_left(archive)
 
 
 def test_acceptors_prepared_under_other_settings_are_not_used(
@@ -284,16 +293,66 @@ def test_pynetdicom_standard_log_handlers_are_unbound_while_its_logger_is_quiet(
     assert all(handler[0] is not standard_pdu_recv_handler for handler in handlers)
 
 
-def test_associations_are_negotiated_by_the_thread_that_reads_the_request(
-        make_archive: Callable[..., RunningArchive]) -> None:
-    archive = make_archive(precompute_metadata=False)
-    seen: list[tuple[str, bool]] = []
+def _negotiating_threads(archive: RunningArchive) -> list[tuple[str, str, bool]]:
+    """For each association request: the event, the thread it fires on ("dul": the
+    association's DUL thread), and whether that DUL thread runs yet."""
+    seen: list[tuple[str, str, bool]] = []
+
+    def record(event: Event) -> None:
+        dul = event.assoc.dul
+        thread = threading.current_thread()
+        seen.append((event.event.name, "dul" if thread is dul else thread.name,
+                     dul.is_alive()))
+
     for event_type in (evt.EVT_REQUESTED, evt.EVT_ACCEPTED):
-        archive.service.server.bind(  # type: ignore[union-attr]
-            event_type, lambda event: seen.append(
-                (event.event.name, threading.current_thread() is event.assoc.dul)))
-    _echo(archive)
-    assert seen == [("EVT_REQUESTED", True), ("EVT_ACCEPTED", True)]
+        archive.service.server.bind(event_type, record)  # type: ignore[union-attr]
+    return seen
+
+
+def _released(sock: socket.socket) -> None:
+    sock.sendall(struct.pack(">BxI", 0x05, 4) + bytes(4))  # A-RELEASE-RQ
+    assert _read_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+
+
+def test_a_request_waiting_whole_is_negotiated_by_the_server_thread(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """The request is usually all there once the association is set up: the server's thread
+    reads and answers it before the association's threads start (their start would delay
+    the answer)."""
+    archive = make_archive(precompute_metadata=False)
+    seen = _negotiating_threads(archive)
+    server = archive.service.server  # type: ignore[union-attr]
+    accept = server.get_request
+
+    def slow_accept() -> Any:
+        connection = accept()
+        time.sleep(0.1)  # the request is there before the server looks
+        return connection
+
+    server.get_request = slow_accept
+    with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+        sock.sendall(_associate_rq("MINIPACS", str(Verification), ImplicitVRLittleEndian))
+        assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+        _released(sock)
+    assert seen == [("EVT_REQUESTED", "dicom-server", False),
+                    ("EVT_ACCEPTED", "dicom-server", False)]
+
+
+def test_a_request_arriving_in_pieces_is_negotiated_by_the_dul_thread(
+        make_archive: Callable[..., RunningArchive]) -> None:
+    """A request not all there is left to the association's DUL thread, which reads it as
+    it comes: the server's thread never waits for a peer."""
+    archive = make_archive(precompute_metadata=False)
+    seen = _negotiating_threads(archive)
+    request = _associate_rq("MINIPACS", str(Verification), ImplicitVRLittleEndian)
+    with socket.create_connection(("127.0.0.1", archive.port), timeout=10) as sock:
+        sock.sendall(request[:40])
+        time.sleep(0.3)
+        sock.sendall(request[40:])
+        assert _read_pdu(sock)[0] == 0x02
+        _released(sock)
+    assert seen == [("EVT_REQUESTED", "dul", True), ("EVT_ACCEPTED", "dul", True)]
+    _echo(archive)  # and the next one is accepted as usual
 
 
 def _slow_thread_starts(archive: RunningArchive, delay: float) -> None:
@@ -330,9 +389,7 @@ def test_association_limit_counts_those_whose_thread_has_not_started(
     assert kind == 0x03  # A-ASSOCIATE-RJ
     assert tuple(body[1:4]) == (2, 3, 2)
     held.release()
-    deadline = time.monotonic() + 10
-    while _running_acceptors(archive) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _no_association_left(archive)
     again = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
     assert again.is_established and again.send_c_echo().Status == 0
     again.release()
