@@ -21,11 +21,12 @@ from pynetdicom.dimse_messages import (
     C_ECHO_RSP,
     C_FIND_RSP,
     C_GET_RSP,
+    C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     DIMSEMessage,
 )
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from dicom_scp import handlers, receive, wire
@@ -108,9 +109,21 @@ def test_store_request_command_set_equals_pynetdicom(originator: str | None) -> 
     assert ours == pydicom_bytes(expected, IMPLICIT_LITTLE)
 
 
-@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC000])
-def test_store_and_echo_responses_equal_pynetdicom(status: int) -> None:
-    """The responses sent without pynetdicom's encoder (``receive.response_command``)."""
+def _retrieve_rsp(kind: type, status: int, counts: tuple[int, ...] | None) -> Any:
+    rsp = kind()
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    rsp.Status = status
+    if counts is not None:
+        (rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+         rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations) = counts
+    return rsp
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC000, 0xFE00, 0xFF00])
+def test_plain_responses_equal_pynetdicom(status: int) -> None:
+    """The responses sent without pynetdicom's encoder (``receive.response_command``):
+    C-STORE, C-ECHO, and C-FIND, C-GET and C-MOVE without an identifier."""
     store = C_STORE()
     store.MessageIDBeingRespondedTo = 9
     store.AffectedSOPClassUID = CT_STORAGE
@@ -120,7 +133,16 @@ def test_store_and_echo_responses_equal_pynetdicom(status: int) -> None:
     echo.MessageIDBeingRespondedTo = 65535
     echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
     echo.Status = status
-    for primitive, message in ((store, C_STORE_RSP()), (echo, C_ECHO_RSP())):
+    find = C_FIND()
+    find.MessageIDBeingRespondedTo = 7
+    find.AffectedSOPClassUID = STUDY_ROOT_FIND
+    find.Status = status
+    for primitive, message in (
+            (store, C_STORE_RSP()), (echo, C_ECHO_RSP()), (find, C_FIND_RSP()),
+            (_retrieve_rsp(C_GET, status, (90, 10, 0, 0)), C_GET_RSP()),
+            (_retrieve_rsp(C_GET, status, None), C_GET_RSP()),
+            (_retrieve_rsp(C_MOVE, status, (0, 99, 1, 2)), C_MOVE_RSP()),
+            (_retrieve_rsp(C_MOVE, status, (5, 0, 0, 0)), C_MOVE_RSP())):
         expected = pynetdicom_message(message, primitive).command_set
         assert receive.response_command(primitive) == pydicom_bytes(expected, IMPLICIT_LITTLE)
 
@@ -140,7 +162,17 @@ def test_responses_with_a_comment_and_requests_go_through_pynetdicom() -> None:
     store.AffectedSOPInstanceUID = "1.2.3"
     store.Status = 0xA900
     store.OffendingElement = [0x00080018]
-    for primitive in (echo, request, store, C_FIND()):
+    with_identifier = C_FIND()
+    with_identifier.MessageIDBeingRespondedTo = 1
+    with_identifier.AffectedSOPClassUID = STUDY_ROOT_FIND
+    with_identifier.Status = 0xFF00
+    with_identifier.Identifier = BytesIO(b"\x08\x00\x52\x00\x00\x00\x00\x00")
+    failed = _retrieve_rsp(C_MOVE, 0xB000, (0, 1, 1, 0))
+    failed.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")  # failed UIDs
+    commented = _retrieve_rsp(C_GET, 0xA701, (0, 0, 3, 0))
+    commented.ErrorComment = "out of resources"
+    for primitive in (echo, request, store, C_FIND(), C_MOVE(), with_identifier, failed,
+                      commented):
         assert receive.response_command(primitive) is None
 
 
