@@ -235,7 +235,7 @@ class PacsAssociationServer(ThreadedAssociationServer):
         acceptor.implementation_class_uid = ae.implementation_class_uid
         acceptor.implementation_version_name = ae.implementation_version_name
         acceptor.supported_contexts = deepcopy(self.contexts)
-        for event, bound in self._handlers.items():
+        for event, bound in list(self._handlers.items()):  # bind() may run meanwhile
             if event.is_intervention and bound:
                 assoc.bind(event, *bound)
             elif isinstance(event, evt.NotificationEvent):

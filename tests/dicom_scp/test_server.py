@@ -352,7 +352,20 @@ def test_a_request_arriving_in_pieces_is_negotiated_by_the_dul_thread(
         assert _read_pdu(sock)[0] == 0x02
         _released(sock)
     assert seen == [("EVT_REQUESTED", "dul", True), ("EVT_ACCEPTED", "dul", True)]
-    _echo(archive)  # and the next one is accepted as usual
+    # peers that connect and send nothing hold the server's thread no longer than its
+    # short wait: the next association is accepted while they stay silent
+    silent = [socket.create_connection(("127.0.0.1", archive.port), timeout=10)
+              for _ in range(5)]
+    try:
+        ae = AE("ECHOSCU")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = 5
+        assoc = ae.associate("127.0.0.1", archive.port, ae_title="MINIPACS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 def _slow_thread_starts(archive: RunningArchive, delay: float) -> None:
