@@ -49,7 +49,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.infra import PostgresServer, free_port, start_postgres, start_seaweedfs  # noqa: E402
+from tests.infra import (  # noqa: E402
+    PostgresServer,
+    SeaweedServer,
+    free_port,
+    start_postgres,
+    start_seaweedfs,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -224,9 +230,21 @@ def wait_uploaded(spool: Path, timeout: float = 900.0) -> float:
     start = time.perf_counter()
     while any(p.is_file() and not p.name.startswith(".") for p in spool.rglob("*")):
         if time.perf_counter() - start > timeout:
-            raise RuntimeError(f"uploads from {spool} not done after {timeout:.0f} s")
+            raise RuntimeError(f"uploads from {spool} not done after {timeout:.0f} s: see "
+                               f"{spool.parent.parent / 'pacs.log'} and the S3 server's log")
         time.sleep(0.05)
     return time.perf_counter() - start
+
+
+def remove_bucket(s3: SeaweedServer, bucket: str) -> None:
+    """Remove a finished push's bucket and its objects. SeaweedFS gives each bucket volumes
+    of its own, as many as the free disk allows: keeping 30 pushes' buckets ran a run on a
+    disk ~80 % full out of them, and the uploads of the next push were refused ("no free
+    volumes left") until the wait for them timed out."""
+    try:
+        s3.client().remove_bucket(bucket)  # SeaweedFS removes a bucket with its content
+    except Exception as exc:  # noqa: BLE001 - the run goes on; the disk may fill sooner
+        print(f"could not remove bucket {bucket}: {exc}", flush=True)
 
 
 def durable_postgres(pg: PostgresServer) -> None:
@@ -404,12 +422,14 @@ def main() -> None:
         for rnd in range(args.rounds):
             for assoc in assocs:
                 run_targets = list(targets)
+                buckets: dict[str, str] = {}
                 for n, (name, env) in enumerate(S3_TARGETS.items()):
                     if pg is None or s3 is None or name not in wanted:
                         continue
+                    buckets[name] = f"bench-{rnd}-{assoc}-{n}"
                     run_targets.append(Target(name, "MINIPACS", pacs_starter({
                         "PACS_DATABASE_URL": pg.create_database(),
-                        "PACS_STORAGE_URL": f"s3://bench-{rnd}-{assoc}-{n}",
+                        "PACS_STORAGE_URL": f"s3://{buckets[name]}",
                         "PACS_S3_ENDPOINT": s3.endpoint, "PACS_S3_ACCESS_KEY": s3.access_key,
                         "PACS_S3_SECRET_KEY": s3.secret_key, **env, **extra})))
                 for target in run_targets:
@@ -436,6 +456,8 @@ def main() -> None:
                             drained = secs + wait_uploaded(tdir / "data" / "spool")
                     finally:
                         stop(proc)
+                    if s3 is not None and target.name in buckets:
+                        remove_bucket(s3, buckets[target.name])
                     count = counts[assoc]
                     rate = count / secs
                     results[target.name][assoc].append(rate)
